@@ -185,7 +185,7 @@ def save_plots(history, images, labels, predictions, out_dir):
     std = torch.tensor(STD).view(3, 1, 1)
     fig, axes = plt.subplots(2, 8, figsize=(14, 4.2), squeeze=False)
     for ax, image, label, guess in zip(axes.flat, images.cpu(), labels.tolist(), predictions.tolist()):
-        ax.imshow((image * std + mean).clamp(0, 1).permute(1, 2, 0))  # undo the normalisation
+        ax.imshow((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())  # undo the normalisation
         ax.set_title(f"{CLASSES[guess]}\n(true: {CLASSES[label]})", fontsize=9,
                      color="green" if guess == label else "red")
         ax.axis("off")
@@ -205,7 +205,7 @@ def report_classes(counts, out_dir):
     for name, accuracy, total in zip(CLASSES, per_class.tolist(), counts.sum(1).tolist()):
         print(f"  accuracy of {name:5s}: {accuracy:6.1%}  ({total} test images)")
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    im = ax.imshow(counts, cmap="Blues")
+    im = ax.imshow(counts.numpy(), cmap="Blues")
     for (row, col), value in zip(((r, c) for r in range(10) for c in range(10)), counts.flatten().tolist()):
         ax.text(col, row, value, ha="center", va="center", fontsize=7,
                 color="white" if value > counts.max() / 2 else "black")

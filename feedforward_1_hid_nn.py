@@ -174,7 +174,7 @@ def save_plots(history, images, labels, predictions, out_dir):
     std = torch.tensor(STD).view(3, 1, 1)
     fig, axes = plt.subplots(2, 8, figsize=(14, 4.2), squeeze=False)
     for ax, image, label, guess in zip(axes.flat, images.cpu(), labels.tolist(), predictions.tolist()):
-        ax.imshow((image * std + mean).clamp(0, 1).permute(1, 2, 0))  # undo the normalisation
+        ax.imshow((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())  # undo the normalisation
         ax.set_title(f"{CLASSES[guess]}\n(true: {CLASSES[label]})", fontsize=9,
                      color="green" if guess == label else "red")
         ax.axis("off")

@@ -1,0 +1,56 @@
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path[:0] = [str(TESTS), str(TESTS / "fixture_site")]
+
+import fixtures  # noqa: E402
+from sitecustomize import swap_md5s  # noqa: E402  (the test-only one in tests/fixture_site)
+
+# A proxy on a closed local port: any download fails at once, as on a machine with no network.
+NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+              "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": ""}
+
+
+def all_scripts():
+    """Every tutorial script in the repository: a new one is tested without editing the tests."""
+    candidates = sorted(REPO.glob("*.py")) + sorted(REPO.glob("*/*.py"))
+    return [p for p in candidates if p.parent.name not in ("tests", "benchmarks") and not p.name.startswith(".")]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A folder holding every tiny fixture dataset, with torchvision told their MD5s."""
+    root = tmp_path_factory.mktemp("data")
+    md5_file = fixtures.write_all(root)
+    swap_md5s(json.loads(md5_file.read_text()))  # for the scripts imported into this process
+    return root
+
+
+@pytest.fixture(scope="session")
+def script_env(data_dir):
+    """Environment for running a script as a subprocess on the fixture data, offline."""
+    env = dict(os.environ, **NO_NETWORK, FIXTURE_MD5S=str(data_dir / "fixture-md5s.json"), MPLBACKEND="Agg")
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "fixture_site"), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    for name, value in NO_NETWORK.items():
+        monkeypatch.setenv(name, value)
+
+
+def load_script(relative_path):
+    """Import a script as a module (its main() does not run), to test its pieces."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

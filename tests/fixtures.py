@@ -1,0 +1,91 @@
+"""Tiny datasets written in the official on-disk formats, for the tests.
+
+Each image's pixels all hold one value, chosen from its index, so a test can check
+that a script's loader decodes, labels and normalises every image correctly.
+"""
+import gzip
+import hashlib
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+CIFAR_TRAIN_PER_BATCH = 20  # 5 batch files -> 100 training images
+CIFAR_TEST = 20
+MNIST_TRAIN, MNIST_TEST = 100, 40
+IMDB_PER_CLASS = {"train": 24, "test": 8}
+
+
+def pixel_value(index):
+    return (index * 37) % 256
+
+
+def md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def write_cifar10(root, md5s):
+    """cifar-10-batches-py/: pickled dicts data_batch_1..5, test_batch and batches.meta."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    files = [(f"data_batch_{b}", CIFAR_TRAIN_PER_BATCH, (b - 1) * CIFAR_TRAIN_PER_BATCH) for b in range(1, 6)]
+    files.append(("test_batch", CIFAR_TEST, 0))
+    for name, count, first in files:
+        indices = range(first, first + count)
+        data = np.array([[pixel_value(i)] * 3072 for i in indices], dtype=np.uint8)  # rows: R, G, B planes
+        batch = {"batch_label": name, "labels": [i % 10 for i in indices], "data": data,
+                 "filenames": [f"image_{i}.png" for i in indices]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names, "num_vis": 3072}, protocol=2))
+    md5s.update({path.name: md5(path) for path in folder.iterdir()})
+
+
+def idx_bytes(array):
+    """IDX format: zero, zero, type code (8 = unsigned byte), dimension count, sizes, then the data."""
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist_like(root, name, md5s):
+    """NAME/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz, as torchvision downloads them."""
+    raw = Path(root) / name / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count in (("train", MNIST_TRAIN), ("t10k", MNIST_TEST)):
+        images = np.stack([np.full((28, 28), pixel_value(i)) for i in range(count)])
+        labels = np.arange(count) % 10
+        for kind, array in ((f"images-idx3", images), (f"labels-idx1", labels)):
+            path = raw / f"{prefix}-{kind}-ubyte.gz"
+            path.write_bytes(gzip.compress(idx_bytes(array), mtime=0))
+            md5s[path.name] = md5(path)
+
+
+def imdb_review(split, label, index):
+    word = "wonderful" if label == "pos" else "terrible"
+    # Different lengths, <br /> tags and punctuation, as in the real reviews.
+    return f"Review {index} of the {split} set.<br /><br />A {word} film, truly {word}! " * (1 + index % 4)
+
+
+def write_aclimdb(root):
+    """aclImdb/{train,test}/{pos,neg}/ID_RATING.txt, as in the official archive."""
+    for split, count in IMDB_PER_CLASS.items():
+        for label, rating in (("pos", 9), ("neg", 2)):
+            folder = Path(root) / "aclImdb" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                (folder / f"{i}_{rating}.txt").write_text(imdb_review(split, label, i))
+
+
+def write_all(root):
+    """Write every fixture dataset under root; return the path of the JSON of their MD5s."""
+    root = Path(root)
+    md5s = {}
+    write_cifar10(root, md5s)
+    write_mnist_like(root, "MNIST", md5s)
+    write_mnist_like(root, "FashionMNIST", md5s)
+    write_aclimdb(root)
+    md5_file = root / "fixture-md5s.json"
+    md5_file.write_text(json.dumps(md5s))
+    return md5_file

@@ -1,0 +1,69 @@
+"""Bad input gets a one-line error and a non-zero exit, never a traceback."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, all_scripts, load_script
+
+BAD_FLAGS = [["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "0"], ["--device", "tpu"], ["--epochs", "many"]]
+
+
+@pytest.mark.parametrize("flags", BAD_FLAGS, ids=" ".join)
+@pytest.mark.parametrize("script", all_scripts(), ids=lambda p: str(p.relative_to(REPO)))
+def test_bad_flag_values_are_argparse_errors(script, flags, capsys):
+    module = load_script(script.relative_to(REPO))
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(flags)
+    assert exit_info.value.code == 2
+    assert f"argument {flags[0]}" in capsys.readouterr().err
+
+
+def downloaded_file(script):
+    """The file a script downloads first (relative to --data-dir), or None for synthetic data."""
+    text = script.read_text()
+    for marker, path in (("CIFAR10", "cifar-10-python.tar.gz"),
+                         ("FashionMNIST", "FashionMNIST/raw/train-images-idx3-ubyte.gz"),
+                         ("MNIST", "MNIST/raw/train-images-idx3-ubyte.gz"),
+                         ("aclImdb", "aclImdb_v1.tar.gz")):
+        if marker in text:
+            return path
+    return None
+
+
+DOWNLOADERS = [s for s in all_scripts() if downloaded_file(s)]
+
+
+def run_main_expecting_error(script, data_dir, out_dir):
+    module = load_script(script.relative_to(REPO))
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(out_dir)])
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: "), message  # sys.exit(str): exit status 1
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("script", DOWNLOADERS, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_network_names_file_url_and_folder(script, tmp_path):
+    message = run_main_expecting_error(script, tmp_path / "empty", tmp_path / "out")
+    file_name = downloaded_file(script).split("/")[-1]
+    assert file_name in message and "http" in message and str(tmp_path / "empty") in message
+
+
+@pytest.mark.parametrize("script", DOWNLOADERS, ids=lambda p: str(p.relative_to(REPO)))
+def test_corrupt_download_fails_its_checksum(script, tmp_path):
+    partial = tmp_path / "data" / downloaded_file(script)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\x1f\x8b only the first bytes of a download")
+    message = run_main_expecting_error(script, tmp_path / "data", tmp_path / "out")
+    assert "MD5" in message and partial.name in message
+
+
+def test_no_network_as_a_user_sees_it(script_env, tmp_path):
+    """The same, end to end: exit status 1 and one line on stderr, no traceback."""
+    result = subprocess.run([sys.executable, str(REPO / "conv_net_cifar.py"), "--data-dir", str(tmp_path)],
+                            env=script_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: could not download CIFAR-10")

@@ -1,0 +1,28 @@
+"""Run every script as a user would: a subprocess with --dry-run on the fixture data, offline."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, all_scripts
+
+
+@pytest.mark.parametrize("script", all_scripts(), ids=lambda p: str(p.relative_to(REPO)))
+def test_dry_run(script, data_dir, script_env, tmp_path):
+    out_dir = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(script), "--dry-run", "--data-dir", str(data_dir),
+                             "--out-dir", str(out_dir)],
+                            cwd=tmp_path, env=script_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^device: (cpu|cuda|mps)", result.stdout, re.M), result.stdout
+    # One line per epoch with loss, accuracy and time.
+    assert re.search(r"^epoch +1 .*loss [\d.]+.* acc [\d.]+.* time [\d.]+s", result.stdout, re.M), result.stdout
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["history"] and all("seconds" in epoch for epoch in metrics["history"])
+    pngs = sorted(out_dir.glob("*.png"))
+    assert pngs, "no PNG written"
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000, png
