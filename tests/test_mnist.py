@@ -1,0 +1,91 @@
+"""The mnist/ scripts read the IDX files correctly; the classifier's split and checkpoint behave."""
+import pytest
+import torch
+
+import fixtures
+from conftest import load_script
+
+LOADERS = [("mnist/fc_regression.py", "load_mnist", None),  # pixels in [0, 1], not standardised
+           ("mnist/fc_mnist.py", "load_mnist", (0.1307, 0.3081)),
+           ("mnist/conv_mnist.py", "load_mnist", (0.1307, 0.3081)),
+           ("mnist/fashion_mnist_ffnn.py", "load_fashion_mnist", (0.2860, 0.3530)),
+           ("mnist/fashion_mnist_classifier.py", "load_fashion_mnist", (0.2860, 0.3530))]
+
+
+@pytest.mark.parametrize("script, loader, mean_std", LOADERS)
+def test_loader_decodes_labels_and_normalises(script, loader, mean_std, data_dir):
+    (train_x, train_y), (test_x, test_y) = getattr(load_script(script), loader)(data_dir, torch.device("cpu"))
+    assert train_x.shape == (fixtures.MNIST_TRAIN, 1, 28, 28) and test_x.shape == (fixtures.MNIST_TEST, 1, 28, 28)
+    assert train_y.tolist() == [i % 10 for i in range(fixtures.MNIST_TRAIN)]
+    assert test_y.tolist() == [i % 10 for i in range(fixtures.MNIST_TEST)]
+    mean, std = mean_std or (0.0, 1.0)
+    for i in (0, 1, 7):
+        expected = (fixtures.pixel_value(i) / 255 - mean) / std
+        assert torch.allclose(train_x[i], torch.full((1, 28, 28), expected), atol=1e-5)
+
+
+def test_conv_mnist_flattens_to_32_features():
+    net = load_script("mnist/conv_mnist.py").ConvNet()
+    assert net.out.in_features == 32 and net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_fashion_ffnn_depth_is_a_setting():
+    module = load_script("mnist/fashion_mnist_ffnn.py")
+    net = module.FeedForwardNet(num_hidden=4, hidden_dim=32, dropout=0.1)
+    assert len(net.hidden) == 4 and len(list(net.parameters())) == 2 * 5  # ModuleList registers every layer
+    log_probs = net(torch.randn(5, 1, 28, 28))
+    assert torch.allclose(log_probs.exp().sum(1), torch.ones(5))
+
+
+def test_regression_rounds_outputs_to_digits():
+    module = load_script("mnist/fc_regression.py")
+    assert module.predict_digit(torch.tensor([[-3.0], [0.4], [6.5], [6.6], [12.0]])).tolist() == [0, 0, 6, 7, 9]
+    assert module.make_model(0)(torch.randn(2, 1, 28, 28)).shape == (2, 1)
+    assert module.make_model(10)[1].out_features == 10
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_script("mnist/fashion_mnist_classifier.py")
+
+
+def test_validation_split_is_disjoint_complete_and_repeatable(classifier):
+    train, val = classifier.split_train_validation(1000, 100, seed=3)
+    assert len(val) == 100 and len(train) == 900
+    assert not set(train.tolist()) & set(val.tolist())
+    assert sorted(train.tolist() + val.tolist()) == list(range(1000))
+    again_train, again_val = classifier.split_train_validation(1000, 100, seed=3)
+    assert torch.equal(train, again_train) and torch.equal(val, again_val)
+    assert not torch.equal(val, classifier.split_train_validation(1000, 100, seed=4)[1])
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(classifier, tmp_path):
+    torch.manual_seed(0)
+    hyperparameters = dict(hidden_sizes=[256, 128, 64], dropout=0.2)
+    model = classifier.Classifier(**hyperparameters).eval()
+    path = tmp_path / "best.pt"
+    classifier.save_checkpoint(model, hyperparameters, path)
+    torch.load(path, weights_only=True)  # plain tensors and values only
+    reloaded = classifier.load_checkpoint(path, torch.device("cpu")).eval()
+    images = torch.randn(32, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(images), reloaded(images))
+
+
+def test_eval_only_reloads_a_trained_checkpoint(classifier, data_dir, tmp_path, capsys):
+    classifier.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)])
+    trained = capsys.readouterr().out
+    classifier.main(["--eval-only", "--checkpoint", str(tmp_path / "best.pt"), "--dry-run",
+                     "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "eval")])
+    reloaded = capsys.readouterr().out
+    test_line = [line for line in trained.splitlines() if line.startswith("test loss")]
+    assert test_line and test_line[0] in reloaded  # same weights, same test set: the same figures
+
+
+def test_eval_only_without_checkpoint_is_a_clear_error(classifier, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        classifier.parse_args(["--eval-only"])
+    assert exit_info.value.code == 2 and "--eval-only needs --checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        classifier.load_checkpoint(tmp_path / "missing.pt", torch.device("cpu"))
+    assert str(exit_info.value.code).startswith("error: no checkpoint at")
