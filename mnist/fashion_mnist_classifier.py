@@ -237,6 +237,7 @@ def main(argv=None):
         model = Classifier(**hyperparameters).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         checkpoint = args.checkpoint or args.out_dir / "best.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
         best_val_loss = float("inf")
         for epoch in range(1, args.epochs + 1):
             start = time.perf_counter()
