@@ -8,7 +8,7 @@ Model:  784 inputs -> --num-hidden layers of --hidden-dim units (ReLU, dropout) 
 Data:   FashionMNIST, 60,000 training and 10,000 test 28x28 images of 10 kinds of clothing,
         downloaded by torchvision into the top-level data/ folder on first use.
         Test loss and accuracy are measured every --eval-every training steps.
-Expect: about 89% test accuracy after the default 7 epochs, a couple of seconds
+Expect: about 89% test accuracy after the default 7 epochs, about three seconds
         an epoch on a laptop CPU (README has measured figures).
 
 Run:

@@ -6,8 +6,8 @@ Model:  a single neuron, Linear(784, 1), or with --hidden 10 a small net
         A prediction counts as correct when the output, rounded, equals the label.
 Data:   MNIST (28x28 images of handwritten digits), downloaded by torchvision into the
         top-level data/ folder on first use.
-Expect: accuracy stalls: about 20% for one neuron and about 40% with --hidden 10,
-        however long you train (README has measured figures).
+Expect: accuracy stalls: about 25% for one neuron and about 30% with --hidden 10,
+        jumping a few points from epoch to epoch however long you train (README has measured figures).
 
 Why it stalls: regression treats labels as points on a line, so it assumes a "7" is
 closer to an "8" than to a "1" and that a 4-or-9 lookalike should be predicted 6.5.
