@@ -10,13 +10,14 @@ When is TBPTT worth it? When sequences are too long to keep the whole graph of a
         backward pass in memory (long documents, audio, a language model reading a stream),
         or when one update per long sequence is too few. The price: the gradient sees only
         --bptt tokens back; longer-range effects reach the model only through the carried
-        state's values. For reviews that fit in memory (as here) full backpropagation,
-        lstm_imdb.py, is simpler and a little more accurate.
+        state's values. Here the reviews would fit in memory whole (see lstm_imdb.py), yet
+        the per-chunk losses and steps made this version learn faster: 0.90 validation
+        accuracy after one epoch, which full backpropagation reached only in its fifth.
 Data:   IMDB, as in lstm_imdb.py: downloaded into the top-level data/ on first use, a seeded
         validation split of the training reviews, the test reviews used once at the end;
         reviews cut to their last --max-len words; plain Python text pipeline, no torchtext.
-Expect: about 0.87 test accuracy after the default 4 epochs, about a minute and a half an
-        epoch on a 2-core CPU (README has measured figures).
+Expect: about 0.89 test accuracy after the default 3 epochs, 80 s an epoch and about
+        5 minutes in all on a 2-core CPU (README has measured figures).
 
 Run:
     python RNN/lstm_imdb_tbptt.py             # train with the defaults, writes OUT_DIR/model.pt
@@ -69,7 +70,7 @@ def positive(kind):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=positive(int), default=5, help="passes over the training set (default 5)")
+    p.add_argument("--epochs", type=positive(int), default=3, help="passes over the training set (default 3)")
     p.add_argument("--batch-size", type=positive(int), default=32, help="reviews per training step (default 32)")
     p.add_argument("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
     p.add_argument("--bptt", type=positive(int), default=50,
@@ -207,7 +208,8 @@ class SentimentLSTM(nn.Module):
         outputs, state = self.lstm(self.dropout(self.embedding(tokens)), state)  # outputs: (batch, time, hidden)
         # Read each review at its own last word, not at the padded end, so padding never changes
         # a prediction. For a one-directional LSTM over right-padded batches, gathering that
-        # position is exact, and much faster on a CPU than pack_padded_sequence (over 10x here).
+        # position is exact, and much faster on a CPU than pack_padded_sequence
+        # (5-7x for a batch of 32 reviews on the test machine).
         last = (lengths - 1).clamp(min=0).to(tokens.device).view(-1, 1, 1).expand(-1, 1, outputs.size(2))
         return self.out(self.dropout(outputs.gather(1, last).squeeze(1))), state
 

@@ -1,20 +1,33 @@
 """Run every script as a user would: a subprocess with --dry-run on the fixture data, offline."""
 import json
+import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import REPO, all_scripts
 
 
+@pytest.fixture(scope="module")
+def dry_runs(data_dir, script_env, tmp_path_factory):
+    """Every script's dry run, as many at once as there are CPU cores (most of each run is importing torch)."""
+    def run(script):
+        work_dir = tmp_path_factory.mktemp(script.stem)
+        result = subprocess.run([sys.executable, str(script), "--dry-run", "--data-dir", str(data_dir),
+                                 "--out-dir", str(work_dir / "out")],
+                                cwd=work_dir, env=script_env, capture_output=True, text=True, timeout=300)
+        return result, work_dir / "out"
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(all_scripts(), pool.map(run, all_scripts())))
+
+
 @pytest.mark.parametrize("script", all_scripts(), ids=lambda p: str(p.relative_to(REPO)))
-def test_dry_run(script, data_dir, script_env, tmp_path):
-    out_dir = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(script), "--dry-run", "--data-dir", str(data_dir),
-                             "--out-dir", str(out_dir)],
-                            cwd=tmp_path, env=script_env, capture_output=True, text=True, timeout=120)
+def test_dry_run(script, dry_runs):
+    result, out_dir = dry_runs[script]
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^device: (cpu|cuda|mps)", result.stdout, re.M), result.stdout
     # One line per epoch with loss, accuracy and time.

@@ -1,0 +1,180 @@
+"""Benchmark: run every tutorial script as a user would, with its defaults, on real data.
+
+For each script it records test accuracy, wall time (in total, and training time per epoch),
+the training time it took to reach its accuracy floor, peak memory (RSS of the script's
+process, and GPU memory on a GPU), device, torch version, CPU/GPU model and thread count.
+It writes benchmarks/results-<device>.json and results-<device>.md (the Markdown table the
+README shows), and exits non-zero if any script ends below its floor.
+
+    python benchmarks/run.py --data-dir DIR                      # every script
+    python benchmarks/run.py --data-dir DIR --only conv_net_cifar.py RNN/lstm_imdb.py
+    python benchmarks/run.py --data-dir DIR --device cuda --repeats 3
+
+DIR holds the datasets in their official layouts (MNIST/, FashionMNIST/, cifar-10-batches-py/,
+aclImdb/). Run it on an otherwise idle machine: scripts run one after another, never together.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# script, accuracy floor, and the most training seconds it may take to reach it (on a 2-core CPU)
+TARGETS = [
+    ("mnist/fc_mnist.py", 0.90, 2),
+    ("mnist/conv_mnist.py", 0.985, 60),
+    ("mnist/fashion_mnist_ffnn.py", 0.88, 30),
+    ("mnist/fashion_mnist_classifier.py", 0.87, 30),
+    ("mnist/fc_regression.py", None, None),  # shows a plateau on purpose: no floor
+    ("conv_net_cifar.py", 0.67, 30),
+    ("feedforward_1_hid_nn.py", 0.48, 20),
+    ("feedforward_3_hid_nn.py", 0.51, 20),
+    ("RNN/lstm_net_counting_chars.py", 0.88, 30),
+    ("RNN/lstm_imdb.py", 0.87, 600),
+    ("RNN/lstm_imdb_tbptt.py", 0.85, 600),
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", type=Path, required=True, help="folder holding the datasets")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="passed to every script (default auto)")
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=[name for name, _, _ in TARGETS],
+                   help="run only these scripts (paths as listed in TARGETS)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per script; times are medians (default 1)")
+    p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks",
+                   help="where results-<device>.json and .md go (default benchmarks/)")
+    return p.parse_args(argv)
+
+
+def machine(device):
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version())
+    if device.startswith("cuda"):
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True)
+        info["gpu"] = gpu.stdout.strip().splitlines()[0] if gpu.returncode == 0 else "unknown GPU"
+    return info
+
+
+def run_once(script, args, out_dir, log_path):
+    """Run one script; return its metrics.json, wall seconds and peak RSS in MB (of the script's process)."""
+    command = [sys.executable, str(REPO / script), "--data-dir", str(args.data_dir), "--device", args.device,
+               "--out-dir", str(out_dir)]
+    with open(log_path, "w") as log:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(child.pid, 0)  # wait4 also returns the child's resource usage
+        wall = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-1500:]
+        sys.exit(f"error: {script} exited with status {child.returncode}; the end of its output:\n{tail}")
+    return json.loads((out_dir / "metrics.json").read_text()), wall, usage.ru_maxrss / 1024  # KB -> MB on Linux
+
+
+def seconds_to_floor(history, floor):
+    """Training seconds until the first epoch whose accuracy reached the floor (None if none did)."""
+    elapsed = 0.0
+    for epoch in history:
+        elapsed += epoch["seconds"]
+        if epoch.get("test_accuracy", epoch.get("val_accuracy", -1)) >= floor:
+            return elapsed
+    return None
+
+
+def benchmark(script, floor, target, args, work_dir):
+    runs = []
+    for repeat in range(args.repeats):
+        out_dir = work_dir / f"{Path(script).stem}-{repeat}"
+        runs.append(run_once(script, args, out_dir, work_dir / f"{Path(script).stem}-{repeat}.log"))
+    metrics = runs[-1][0]
+    to_floor = [seconds_to_floor(m["history"], floor) for m, _, _ in runs] if floor else []
+    result = dict(
+        script=script, floor=floor, target_seconds=target, runs=args.repeats,
+        test_accuracy=statistics.median(m["test_accuracy"] for m, _, _ in runs),
+        epochs=metrics["epochs"], eval_split=metrics.get("eval_split", "test"),
+        wall_seconds=statistics.median(wall for _, wall, _ in runs),
+        train_seconds=statistics.median(m["train_seconds"] for m, _, _ in runs),
+        epoch_seconds=statistics.median(e["seconds"] for m, _, _ in runs for e in m["history"]),
+        seconds_to_floor=None if None in to_floor or not to_floor else statistics.median(to_floor),
+        peak_rss_mb=max(rss for _, _, rss in runs),
+        peak_gpu_memory_mb=max((m.get("peak_gpu_memory_mb") or 0 for m, _, _ in runs), default=0) or None,
+        device=metrics["device"], torch=metrics["torch"], threads=metrics["threads"])
+    result["floor_met"] = floor is None or result["test_accuracy"] >= floor
+    result["time_met"] = target is None or (result["seconds_to_floor"] is not None
+                                            and result["seconds_to_floor"] <= target)
+    return result
+
+
+def markdown(results, info, date):
+    device = results[0]["device"]
+    where = info.get("gpu", f"{info['cpu']}, {info['cores']} cores")
+    lines = [f"Measured {date} on {where} (device {device}, torch {results[0]['torch']}, "
+             f"{results[0]['threads']} threads), `python benchmarks/run.py`, "
+             f"{results[0]['runs']} run(s) per script (times are medians).", "",
+             "| script | accuracy | floor | training time to floor (target) | s/epoch | epochs | wall, total | peak RSS |"
+             + (" peak GPU memory |" if any(r["peak_gpu_memory_mb"] for r in results) else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if any(r["peak_gpu_memory_mb"] for r in results) else "")]
+    for r in results:
+        floor = "-" if r["floor"] is None else f"{r['floor']:.3f}" + ("" if r["floor_met"] else " **missed**")
+        if r["floor"] is None:
+            to_floor = "-"
+        elif r["seconds_to_floor"] is None:
+            to_floor = "not reached"
+        else:
+            to_floor = f"{r['seconds_to_floor']:.1f} s ({r['target_seconds']} s)" + ("" if r["time_met"] else " over")
+        row = (f"| `{r['script']}` | {r['test_accuracy']:.4f} | {floor} | {to_floor} | {r['epoch_seconds']:.1f} | {r['epochs']} | "
+               f"{r['wall_seconds']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GB |")
+        if any(x["peak_gpu_memory_mb"] for x in results):
+            row += f" {r['peak_gpu_memory_mb'] or 0:.0f} MB |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    chosen = [t for t in TARGETS if args.only is None or t[0] in args.only]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
+        for script, floor, target in chosen:
+            print(f"running {script} ...", flush=True)
+            result = benchmark(script, floor, target, args, Path(work))
+            results.append(result)
+            to_floor = result["seconds_to_floor"]
+            print(f"  accuracy {result['test_accuracy']:.4f} (floor {floor}), {result['wall_seconds']:.0f} s wall, "
+                  f"{result['train_seconds']:.1f} s training, "
+                  f"floor reached after {'-' if to_floor is None else f'{to_floor:.1f} s'}, "
+                  f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    device = results[0]["device"].split(":")[0]
+    info = machine(device)
+    date = datetime.date.today().isoformat()
+    table = markdown(results, info, date)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / f"results-{device}.json").write_text(
+        json.dumps(dict(date=date, machine=info, results=results), indent=2))
+    (args.results_dir / f"results-{device}.md").write_text(table)
+    print("\n" + table)
+    missed = [r["script"] for r in results if not r["floor_met"]]
+    slow = [r["script"] for r in results if r["floor_met"] and not r["time_met"]]
+    if slow:
+        print(f"over the time target: {', '.join(slow)}")
+    if missed:
+        sys.exit(f"error: below the accuracy floor: {', '.join(missed)}")
+    print(f"every floor reached; results in {args.results_dir}/results-{device}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
