@@ -63,6 +63,8 @@ def positive(kind):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=positive(int), default=5, help="passes over the training set (default 5)")
+    # Small batches: on a CPU an LSTM epoch took about as long at 32 reviews a step as at 256
+    # (measured here), and 32 gives 8x the optimiser steps for the same time.
     p.add_argument("--batch-size", type=positive(int), default=32, help="reviews per training step (default 32)")
     p.add_argument("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
     p.add_argument("--max-len", type=positive(int), default=400,
