@@ -258,6 +258,8 @@ def predict(texts, checkpoint, device):
     """Print the label and its probability for each text, using a saved model."""
     if texts == ["-"]:
         texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        if not texts:
+            fail("--predict - read no text from standard input: give one review per line")
     model, vocab, hyperparameters = load_checkpoint(checkpoint, device)
     index = {word: i for i, word in enumerate(vocab)}
     for text in texts:
@@ -290,7 +292,8 @@ def main(argv=None):
     checkpoint = args.checkpoint or args.out_dir / "model.pt"
     if args.predict:
         return predict(args.predict, checkpoint, device)
-    # bfloat16 matrix maths: about 2x faster on GPUs and on CPUs with native bf16, accuracy unchanged here.
+    # bfloat16 matrix maths on GPUs and CPUs with native bf16: a training step of this LSTM took
+    # 0.08 s instead of 0.14 s on the test CPU (32 reviews of ~220 tokens).
     fast_bf16 = device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()
                                           and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast_bf16)

@@ -7,7 +7,7 @@ Data:   synthetic, generated here (no download): sequences of 100-300 letters fr
         other letter. The label is the letter that really occurs most often; a tie goes to
         the letter earliest in the alphabet. 1,000 training and 200 validation sequences.
 Expect: about 0.9 validation accuracy after the default 15 epochs, about 2 s an
-        epoch on a laptop CPU (the tutorial this replaces took 60 epochs; README has
+        epoch on a 2-core CPU (the tutorial this replaces took 60 epochs; README has
         measured figures).
 
 Run:
@@ -190,7 +190,8 @@ def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
-    # bfloat16 matrix maths: about 2x faster on GPUs and on CPUs with native bf16, accuracy unchanged here.
+    # bfloat16 matrix maths on GPUs and CPUs with native bf16. For this small LSTM it gained little on
+    # the test CPU (2.1 vs 2.4 s an epoch) and did no harm (0.905 vs 0.875 validation accuracy, one run each).
     fast_bf16 = device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()
                                           and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast_bf16)

@@ -52,7 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="runs per script; times are medians (default 1)")
     p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks",
                    help="where results-<device>.json and .md go (default benchmarks/)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
+    return args
 
 
 def machine(device):

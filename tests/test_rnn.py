@@ -1,5 +1,6 @@
 """RNN/: the text pipeline, padding invariance, truncated BPTT, the counting data, --predict."""
 import io
+import random
 import re
 from collections import Counter
 from contextlib import nullcontext
@@ -14,7 +15,8 @@ from conftest import load_script
 chars = load_script("RNN/lstm_net_counting_chars.py")
 imdb = load_script("RNN/lstm_imdb.py")
 tbptt = load_script("RNN/lstm_imdb_tbptt.py")
-IMDB_SCRIPTS = pytest.mark.parametrize("script", [imdb, tbptt], ids=["lstm_imdb", "lstm_imdb_tbptt"])
+IMDB, IMDB_IDS = [imdb, tbptt], ["lstm_imdb", "lstm_imdb_tbptt"]
+IMDB_SCRIPTS = pytest.mark.parametrize("script", IMDB, ids=IMDB_IDS)
 
 
 def logits_of(script, model, tokens, lengths):
@@ -121,7 +123,7 @@ def direct_count_label(text):
 
 
 def test_counting_labels_equal_a_direct_count():
-    rng = __import__("random").Random(1)
+    rng = random.Random(1)
     texts = [chars.make_example(i, rng) for i in range(300)]
     for text in texts:
         assert re.fullmatch(r"[a-j]( [a-j]){99,299}", text)
@@ -142,7 +144,7 @@ def test_counting_dataset_tokens_and_labels_match():
 
 # ---- checkpoints and --predict ----
 
-@pytest.fixture(scope="module", params=[imdb, tbptt], ids=["lstm_imdb", "lstm_imdb_tbptt"])
+@pytest.fixture(scope="module", params=IMDB, ids=IMDB_IDS)
 def trained(request, data_dir, tmp_path_factory):
     """A checkpoint written by a --dry-run training on the fixture reviews."""
     script = request.param
@@ -186,6 +188,11 @@ def test_predict_reads_lines_from_stdin(trained, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("A wonderful film.\n\nTerrible, terrible.\nOk\n"))
     script.main(["--checkpoint", str(checkpoint), "--predict", "-"])
     assert len(predicted(capsys.readouterr().out)) == 3  # blank lines skipped
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n  \n"))
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--checkpoint", str(checkpoint), "--predict", "-"])
+    assert str(exit_info.value.code).startswith("error: --predict - read no text")
 
 
 @pytest.mark.parametrize("flags, message", [
