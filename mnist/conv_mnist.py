@@ -17,8 +17,11 @@ Run:
 
 Writes metrics.json and curves.png into --out-dir.
 """
+
 import argparse
+import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -34,69 +37,11 @@ from torchvision.datasets import MNIST
 from torchvision.datasets.utils import check_integrity
 from tqdm import tqdm
 
-TOP = Path(__file__).resolve().parents[1]  # the repository's top level: this script lives in mnist/
+HERE = Path(__file__).resolve().parent
+# Inside this repository all scripts share its top-level data/ and runs/ (the folder holding
+# data/README.md); a copy of this script anywhere else keeps both in its own folder.
+TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
 MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels, for normalisation
-
-
-def fail(message):
-    """Stop with a one-line error instead of a traceback."""
-    sys.exit(f"error: {message}")
-
-
-def positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    return parse
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=positive(int), default=3, help="passes over the training set (default 3)")
-    p.add_argument("--batch-size", type=positive(int), default=64, help="images per training step (default 64)")
-    p.add_argument("--lr", type=positive(float), default=5e-3, help="peak Adam learning rate of the one-cycle schedule (default 5e-3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed, for repeatable runs (default 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                   help="where to train; auto picks CUDA, then Apple MPS, then the CPU")
-    p.add_argument("--data-dir", type=Path, default=TOP / "data",
-                   help="folder holding (or receiving) MNIST/raw/ (default: the top-level data/)")
-    p.add_argument("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem,
-                   help="where metrics.json and curves.png go (default: runs/<script name>/)")
-    p.add_argument("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
-    return p.parse_args(argv)
-
-
-def pick_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    if name == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps was asked for, but Apple MPS is not available")
-    return torch.device(name)
-
-
-def load_mnist(data_dir, device):
-    """Return train and test (images, labels) as tensors on `device`, images normalised, shape (N, 1, 28, 28).
-
-    MNIST is small (47 MB as bytes), so it is decoded and normalised once here and
-    batches are sliced from memory, instead of converting image by image every epoch.
-    """
-    raw = data_dir / "MNIST" / "raw"
-    for filename, md5 in MNIST.resources:
-        if (raw / filename).exists() and not check_integrity(str(raw / filename), md5):
-            fail(f"{raw / filename} failed its MD5 check (corrupt or partial download): delete it and run again")
-    try:
-        splits = [MNIST(str(data_dir), train=train, download=True) for train in (True, False)]
-    except RuntimeError as err:  # torchvision tried every mirror, or could not parse a file
-        names = ", ".join(name for name, _ in MNIST.resources)
-        fail(f"could not get MNIST ({str(err).strip().splitlines()[0]}). Download {names} "
-             f"from {MNIST.mirrors[0]} by hand and put them in {raw}/")
-    # channels_last (NHWC in memory) is the layout the fast CPU and GPU convolution kernels prefer.
-    return [(((split.data.float() / 255 - MEAN) / STD).unsqueeze(1).to(device)
-             .contiguous(memory_format=torch.channels_last), split.targets.to(device)) for split in splits]
 
 
 class ConvNet(nn.Module):
@@ -108,106 +53,337 @@ class ConvNet(nn.Module):
         self.dropout = nn.Dropout(0.25)  # a module (nn.Dropout), so model.eval() switches it off
         # Size of the flattened features: a 3x3 convolution without padding takes 2 pixels off
         # each side length, and a 2x2 max-pool halves it (rounding down):
-        #   28 -conv-> 26 -pool-> 13 -conv-> 11 -pool-> 5 -conv-> 3 -pool-> 1,  so 32 channels x 1 x 1 = 32.
+        #   28 -conv-> 26 -pool-> 13 -conv-> 11 -pool-> 5 -conv-> 3 -pool-> 1,
+        # so 32 channels x 1 x 1 = 32 features.
         self.out = nn.Linear(32 * 1 * 1, 10)
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)                # (N, 64, 13, 13)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, 64, 13, 13)
         x = self.dropout(F.max_pool2d(F.relu(self.conv2(x)), 2))  # (N, 32, 5, 5)
         x = self.dropout(F.max_pool2d(F.relu(self.conv3(x)), 2))  # (N, 32, 1, 1)
         return self.out(x.flatten(1))
 
 
-def batches(images, labels, batch_size, shuffle=False):
-    order = torch.randperm(len(images), device=images.device) if shuffle else torch.arange(len(images))
+def batches(images, labels, batch_size, generator=None):
+    """Mini-batches sliced from tensors in memory; in a random order if given a seeded generator."""
+    order = (
+        torch.randperm(len(images), generator=generator) if generator else torch.arange(len(images))
+    )
+    order = order.to(images.device)
     for start in range(0, len(images), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         yield images[index], labels[index]
 
 
-def train_one_epoch(model, images, labels, optimizer, scheduler, args, autocast):
+def train_one_epoch(model, images, labels, optimizer, scheduler, scaler, autocast, args, generator):
+    """One pass over the training set: (mean loss, accuracy on the batches as they were trained,
+    the loss of every step)."""
     model.train()
-    losses, correct = [], 0
-    for x, y in tqdm(batches(images, labels, args.batch_size, shuffle=True), desc="train", leave=False,
-                     total=-(-len(images) // args.batch_size), disable=args.dry_run):
+    step_losses, correct = [], 0
+    steps = math.ceil(len(images) / args.batch_size)
+    # disable=None: no progress bar when the output is not a terminal (a log file, CI).
+    for x, y in tqdm(
+        batches(images, labels, args.batch_size, generator), total=steps, disable=None
+    ):
         with autocast:
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()  # fp16 only: the loss is scaled up so small gradients survive
+        scaler.step(optimizer)  # (unscales the gradients first, skips the step if any overflowed)
+        scaler.update()
         scheduler.step()
-        losses.append(loss.item())
+        step_losses.append(loss.item())
         correct += (logits.argmax(1) == y).sum().item()
-    return losses, correct / len(images)
+    return sum(step_losses) / len(step_losses), correct / len(images), step_losses
 
 
 @torch.no_grad()  # no gradients needed: faster and lighter
-def check_accuracy(model, images, labels, autocast, batch_size=500):
-    """Fraction of `images` the model classifies correctly."""
+def evaluate(model, images, labels, autocast, batch_size=500):
+    """(mean loss, accuracy) of the model on `images`."""
     model.eval()
-    with autocast:
-        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in batches(images, labels, batch_size))
-    return correct / len(images)
-
-
-def save_curves(step_losses, history, out_dir):
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(step_losses, linewidth=0.5)
-    ax_loss.set(xlabel="training step", ylabel="cross-entropy loss", yscale="log")
-    for split in ("train", "test"):
-        ax_acc.plot([h["epoch"] for h in history], [h[f"{split}_accuracy"] for h in history], marker="o", label=split)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (train: during the epoch, with dropout)")
-    ax_acc.legend()
-    fig.savefig(out_dir / "curves.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    total_loss = correct = 0
+    for x, y in batches(images, labels, batch_size):
+        with autocast:
+            logits = model(x)
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return total_loss / len(images), correct / len(images)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    device = pick_device(args.device)
-    # bfloat16 maths: about 2x faster on GPUs and on CPUs with native bf16, accuracy unchanged here.
-    fast_bf16 = device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()
-                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast_bf16)
-    print(f"device: {device} ({torch.get_num_threads()} CPU threads, bf16 autocast {'on' if fast_bf16 else 'off'})")
+    torch.manual_seed(args.seed)  # the initial weights and dropout
+    generator = torch.Generator().manual_seed(args.seed)  # batch order
+    device, device_why = pick_device(args.device)
+    precision, precision_why = pick_precision(args.precision, device)
+    print(f"device: {device} ({device_why}); precision: {precision} ({precision_why})")
+    autocast = autocast_for(device, precision)
 
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    # The whole dataset, decoded and normalised once, as tensors on the device.
     (train_images, train_labels), (test_images, test_labels) = load_mnist(args.data_dir, device)
     if args.dry_run:
-        args.epochs, args.batch_size = 1, 16
         train_images, train_labels = train_images[:16], train_labels[:16]
         test_images, test_labels = test_images[:16], test_labels[:16]
     print(f"data: {len(train_images)} training and {len(test_images)} test images")
 
     model = ConvNet().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    # One-cycle: warm up, then anneal to ~0. Reaches a given accuracy in fewer epochs than a fixed rate.
-    steps_per_epoch = -(-len(train_images) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch)
+    # One-cycle: warm up, then anneal to ~0: a given accuracy in fewer epochs than a fixed rate.
+    total_steps = args.epochs * math.ceil(len(train_images) / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps)
+    # fp16 keeps too few exponent bits for small gradients: GradScaler scales the loss up before
+    # backward and the gradients down before the step. With bf16 or fp32 it does nothing.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
     history, step_losses = [], []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        losses, train_acc = train_one_epoch(model, train_images, train_labels, optimizer, scheduler, args, autocast)
+        train_loss, train_acc, losses = train_one_epoch(
+            model,
+            train_images,
+            train_labels,
+            optimizer,
+            scheduler,
+            scaler,
+            autocast,
+            args,
+            generator,
+        )
         seconds = time.perf_counter() - start
         step_losses += losses
-        test_acc = check_accuracy(model, test_images, test_labels, autocast)
-        history.append(dict(epoch=epoch, train_loss=sum(losses) / len(losses), train_accuracy=train_acc,
-                            test_accuracy=test_acc, seconds=seconds))
-        print(f"epoch {epoch:2d}  train loss {history[-1]['train_loss']:.3f}  train acc {train_acc:.4f}  "
-              f"test acc {test_acc:.4f}  time {seconds:.1f}s")
+        test_loss, test_acc = evaluate(model, test_images, test_labels, autocast)
+        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc))
+        history[-1].update(test_loss=test_loss, test_accuracy=test_acc, seconds=seconds)
+        print(epoch_line(history[-1]))
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = dict(script=Path(__file__).name, device=str(device), torch=torch.__version__,
-                   threads=torch.get_num_threads(), epochs=args.epochs, eval_split="test",
-                   test_accuracy=history[-1]["test_accuracy"], train_seconds=sum(h["seconds"] for h in history),
-                   history=history)
+    save_plots(history, step_losses, args.out_dir)
+    write_metrics(args, device, precision, history, test_loss=test_loss, test_accuracy=test_acc)
+
+
+# ------------------------------------------------------------------------------------------
+# Plumbing: flags, errors, device and precision, download, plots. The lesson is above.
+# ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = p.add_argument
+    add("--epochs", type=positive(int), default=3, help="passes over the training set (default 3)")
+    add("--batch-size", type=positive(int), default=64, help="images per step (default 64)")
+    add("--lr", type=positive(float), default=5e-3, help="peak Adam learning rate (default 5e-3)")
+    add_common_flags(p, data="MNIST/raw/")
+    args = p.parse_args(argv)
+    if args.dry_run:  # one tiny batch through training and evaluation
+        args.epochs, args.batch_size = 1, 16
+    return args
+
+
+def load_mnist(data_dir, device):
+    """Train and test (images, labels) as tensors on `device`, images normalised, (N, 1, 28, 28).
+
+    MNIST is small (47 MB as bytes), so it is decoded and normalised once here and batches
+    are sliced from memory, instead of converting image by image every epoch.
+    """
+    raw = data_dir / "MNIST" / "raw"
+    for filename, md5 in MNIST.resources:
+        if (raw / filename).exists() and not check_integrity(str(raw / filename), md5):
+            fail(f"{raw / filename} failed its MD5 check (corrupt or partial download): delete it")
+    # No network, a broken connection, unpacked files failing their MD5 check:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        splits = [MNIST(str(data_dir), train=train, download=True) for train in (True, False)]
+    except (OSError, RuntimeError) as err:
+        names = ", ".join(name for name, _ in MNIST.resources)
+        fail(
+            f"could not get MNIST ({first_line(err)}). Download {names} "
+            f"from {MNIST.mirrors[0]} by hand and put them in {raw}/"
+        )
+    tensors = []
+    for split in splits:
+        images = ((split.data.float() / 255 - MEAN) / STD).unsqueeze(1).to(device)
+        # channels_last (NHWC in memory) is the layout the fast CPU and CUDA convolutions prefer;
+        # several MPS kernels do not support it.
+        if device.type != "mps":
+            images = images.contiguous(memory_format=torch.channels_last)
+        tensors.append((images, split.targets.to(device)))
+    return tensors
+
+
+def save_plots(history, step_losses, out_dir):
+    """curves.png: the loss of every training step, and accuracy per epoch."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(step_losses, linewidth=0.5)
+    ax_loss.set(xlabel="training step", ylabel="cross-entropy loss", yscale="log")
+    for split in ("train", "test"):
+        accuracies = [h[f"{split}_accuracy"] for h in history]
+        ax_acc.plot([h["epoch"] for h in history], accuracies, marker="o", label=split)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (train: during the epoch, with dropout)")
+    ax_acc.legend()
+    fig.savefig(out_dir / "curves.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---- the same in every script of this collection ----
+
+
+def add_common_flags(p, data):
+    add = p.add_argument
+    add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
+    add(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        default="auto",
+        help="where to train (default auto: CUDA, then Apple MPS, then the CPU)",
+    )
+    add(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="number format (default auto: bf16 where the hardware has it natively, fp16 with "
+        "loss scaling on older CUDA GPUs, else fp32)",
+    )
+    add(
+        "--data-dir",
+        type=Path,
+        default=TOP / "data",
+        help=f"folder holding (or receiving) {data} (default: {TOP / 'data'})",
+    )
+    add(
+        "--out-dir",
+        type=Path,
+        default=TOP / "runs" / Path(__file__).stem,
+        help="where metrics.json and the plots go (default: runs/<script name>/)",
+    )
+    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above zero."""
+
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def fail(message):
+    """Stop with a one-line error instead of a traceback."""
+    sys.exit(f"error: {message}")
+
+
+def first_line(err):
+    """An exception as one short line (some, like EOFError, have no message at all)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def pick_device(requested):
+    """(device, why): --device as asked; for 'auto', CUDA, then Apple MPS, then the CPU."""
+    gpu_problem = unsupported_gpu() if torch.cuda.is_available() else None
+    if requested in ("auto", "cuda") and torch.cuda.is_available() and not gpu_problem:
+        return torch.device("cuda"), torch.cuda.get_device_name()
+    if requested == "cuda":
+        fail(gpu_problem or "--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        fail("--device mps was asked for, but Apple MPS is not available: use --device cpu")
+    if requested == "mps" or (requested == "auto" and torch.backends.mps.is_available()):
+        return torch.device("mps"), "Apple GPU"
+    why = f"{torch.get_num_threads()} threads" + (f"; {gpu_problem}" if gpu_problem else "")
+    return torch.device("cpu"), why
+
+
+def unsupported_gpu():
+    """Why this PyTorch build cannot run on the GPU, or None if it can.
+
+    A CUDA build carries kernels for some GPU generations only (the lock's CUDA 13 build: compute
+    capability 7.5 and newer). On an older GPU torch.cuda.is_available() is still True, and the
+    first kernel fails with "no kernel image is available".
+    """
+    capability = torch.cuda.get_device_capability()
+    for arch in torch.cuda.get_arch_list():  # e.g. "sm_75", "sm_90a", "compute_120"
+        kind, _, number = arch.partition("_")
+        digits = "".join(c for c in number if c.isdigit())
+        built = (int(digits[:-1]), int(digits[-1]))
+        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
+            return None  # machine code for this generation
+        if kind == "compute" and built <= capability:
+            return None  # PTX, compiled for this GPU when first used
+    major, minor = capability
+    return (
+        f"the GPU {torch.cuda.get_device_name()} (compute capability {major}.{minor}) is too old "
+        f"for this PyTorch build (kernels for {' '.join(torch.cuda.get_arch_list())}): install "
+        "a PyTorch build that supports it (pytorch.org), or use --device cpu"
+    )
+
+
+def pick_precision(requested, device):
+    """(precision, why): bf16 where the hardware has native bfloat16, fp16 (with a GradScaler) on
+    older CUDA GPUs, fp32 on MPS and on CPUs without bfloat16."""
     if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            best, why = "bf16", f"native bfloat16 on compute capability {major}.{minor}"
+        else:
+            best, why = "fp16", f"compute capability {major}.{minor}: no native bfloat16 before 8.0"
+    elif device.type == "mps":
+        best, why = "fp32", "the MPS default: mixed precision there is new and its speed varies"
+    elif cpu_has_native_bf16():
+        best, why = "bf16", "this CPU has native bfloat16"
+    else:
+        best, why = "fp32", "this CPU has no native bfloat16"
+    if requested == "auto":
+        return best, f"auto: {why}"
+    if requested == "bf16" and device.type == "cuda" and best != "bf16":
+        fail(f"--precision bf16: {why}; use --precision fp16 (or auto)")
+    return requested, "as asked"
+
+
+def cpu_has_native_bf16():
+    """PyTorch has no public check, so this asks oneDNN through a private call, guarded: if that
+    call ever changes or disappears, the answer is "no" (fp32), never a crash."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def autocast_for(device, precision):
+    """The context that runs matrix maths in bf16 or fp16 (weights and sums stay fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def epoch_line(entry):
+    """One epoch's figures, printed the same way in every script."""
+    line = f"epoch {entry['epoch']:2d}"
+    for split in ("train", "val", "test"):
+        if f"{split}_accuracy" in entry:
+            loss, accuracy = entry[f"{split}_loss"], entry[f"{split}_accuracy"]
+            line += f"  {split} loss {loss:.4f}  {split} acc {accuracy:.4f}"
+    return line + f"  time {entry['seconds']:.1f}s"
+
+
+def write_metrics(args, device, precision, history, **results):
+    """metrics.json: which script ran where and how, its final figures (test_* are only ever
+    test-set figures), and every epoch's; then print the headline figure."""
+    split = "test" if "test_accuracy" in results else "val"
+    metrics = dict(script=Path(__file__).name, device=str(device), precision=precision)
+    metrics.update(torch=torch.__version__, threads=torch.get_num_threads(), seed=args.seed)
+    if device.type == "cuda":
+        metrics["gpu"] = torch.cuda.get_device_name()
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    metrics.update(epochs=len(history), eval_split=split, **results)
+    metrics.update(train_seconds=sum(h["seconds"] for h in history), history=history)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    save_curves(step_losses, history, args.out_dir)
-    print(f"test accuracy {metrics['test_accuracy']:.4f}; metrics and curves in {args.out_dir}")
+    print(f"{split} accuracy {results[f'{split}_accuracy']:.4f}; results in {args.out_dir}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Run:
 
 Writes best.pt (the checkpoint), metrics.json, curves.png and prediction.png into --out-dir.
 """
+
 import argparse
 import json
 import sys
@@ -37,7 +38,18 @@ from tqdm import tqdm
 
 TOP = Path(__file__).resolve().parents[1]  # the repository's top level: this script lives in mnist/
 MEAN, STD = 0.2860, 0.3530  # of the FashionMNIST training pixels, for normalisation
-CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+CLASSES = (
+    "T-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "boot",
+)
 
 
 def fail(message):
@@ -51,28 +63,64 @@ def positive(kind):
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
+
     return parse
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=positive(int), default=10, help="passes over the training set (default 10)")
-    p.add_argument("--batch-size", type=positive(int), default=128, help="images per training step (default 128)")
-    p.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--val-size", type=positive(int), default=6000,
-                   help="training images held out for validation (default 6000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed, for repeatable runs (default 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                   help="where to train; auto picks CUDA, then Apple MPS, then the CPU")
-    p.add_argument("--data-dir", type=Path, default=TOP / "data",
-                   help="folder holding (or receiving) MNIST/raw/ (default: the top-level data/)")
-    p.add_argument("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem,
-                   help="where metrics.json and curves.png go (default: runs/<script name>/)")
-    p.add_argument("--checkpoint", type=Path,
-                   help="checkpoint to write (default: OUT_DIR/best.pt), or to read with --eval-only")
-    p.add_argument("--eval-only", action="store_true",
-                   help="load --checkpoint and evaluate it on the test set, without training")
-    p.add_argument("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    p.add_argument(
+        "--epochs", type=positive(int), default=10, help="passes over the training set (default 10)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive(int),
+        default=128,
+        help="images per training step (default 128)",
+    )
+    p.add_argument(
+        "--lr", type=positive(float), default=1e-3, help="Adam learning rate (default 1e-3)"
+    )
+    p.add_argument(
+        "--val-size",
+        type=positive(int),
+        default=6000,
+        help="training images held out for validation (default 6000)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed, for repeatable runs (default 0)"
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        default="auto",
+        help="where to train; auto picks CUDA, then Apple MPS, then the CPU",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=TOP / "data",
+        help="folder holding (or receiving) MNIST/raw/ (default: the top-level data/)",
+    )
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=TOP / "runs" / Path(__file__).stem,
+        help="where metrics.json and curves.png go (default: runs/<script name>/)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint to write (default: OUT_DIR/best.pt), or to read with --eval-only",
+    )
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="load --checkpoint and evaluate it on the test set, without training",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit"
+    )
     args = p.parse_args(argv)
     if args.eval_only and args.checkpoint is None:
         p.error("--eval-only needs --checkpoint PATH (a file written by an earlier training run)")
@@ -81,7 +129,13 @@ def parse_args(argv=None):
 
 def pick_device(name):
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     if name == "cuda" and not torch.cuda.is_available():
         fail("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     if name == "mps" and not torch.backends.mps.is_available():
@@ -98,15 +152,26 @@ def load_fashion_mnist(data_dir, device):
     raw = data_dir / "FashionMNIST" / "raw"
     for filename, md5 in FashionMNIST.resources:
         if (raw / filename).exists() and not check_integrity(str(raw / filename), md5):
-            fail(f"{raw / filename} failed its MD5 check (corrupt or partial download): delete it and run again")
+            fail(
+                f"{raw / filename} failed its MD5 check (corrupt or partial download): delete it and run again"
+            )
     try:
-        splits = [FashionMNIST(str(data_dir), train=train, download=True) for train in (True, False)]
+        splits = [
+            FashionMNIST(str(data_dir), train=train, download=True) for train in (True, False)
+        ]
     except RuntimeError as err:  # torchvision tried every mirror, or could not parse a file
         names = ", ".join(name for name, _ in FashionMNIST.resources)
-        fail(f"could not get FashionMNIST ({str(err).strip().splitlines()[0]}). Download {names} "
-             f"from {FashionMNIST.mirrors[0]} by hand and put them in {raw}/")
-    return [(((split.data.float() / 255 - MEAN) / STD).unsqueeze(1).to(device), split.targets.to(device))
-            for split in splits]
+        fail(
+            f"could not get FashionMNIST ({str(err).strip().splitlines()[0]}). Download {names} "
+            f"from {FashionMNIST.mirrors[0]} by hand and put them in {raw}/"
+        )
+    return [
+        (
+            ((split.data.float() / 255 - MEAN) / STD).unsqueeze(1).to(device),
+            split.targets.to(device),
+        )
+        for split in splits
+    ]
 
 
 class Classifier(nn.Module):
@@ -127,7 +192,9 @@ class Classifier(nn.Module):
 def split_train_validation(n_images, val_size, seed):
     """Indices of a random, repeatable training / validation split of n_images."""
     if not 0 < val_size < n_images:
-        fail(f"--val-size must be between 1 and {n_images - 1} (there are {n_images} training images)")
+        fail(
+            f"--val-size must be between 1 and {n_images - 1} (there are {n_images} training images)"
+        )
     order = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))
     return order[val_size:], order[:val_size]
 
@@ -142,26 +209,37 @@ def load_checkpoint(path, device):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        fail(f"no checkpoint at {path}: train first (it is written to OUT_DIR/best.pt), or give --checkpoint PATH")
+        fail(
+            f"no checkpoint at {path}: train first (it is written to OUT_DIR/best.pt), or give --checkpoint PATH"
+        )
     except Exception as err:  # a truncated file, or not a checkpoint at all
-        fail(f"could not read the checkpoint {path} ({err.__class__.__name__}: {str(err).splitlines()[0]})")
+        fail(
+            f"could not read the checkpoint {path} ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+        )
     model = Classifier(**checkpoint["hyperparameters"]).to(device)
     model.load_state_dict(checkpoint["model"])
     return model
 
 
 def batches(images, labels, batch_size, shuffle=False):
-    order = torch.randperm(len(images), device=images.device) if shuffle else torch.arange(len(images))
+    order = (
+        torch.randperm(len(images), device=images.device) if shuffle else torch.arange(len(images))
+    )
     for start in range(0, len(images), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         yield images[index], labels[index]
 
 
 def train_one_epoch(model, images, labels, optimizer, args):
     model.train()
     total_loss = correct = 0
-    for x, y in tqdm(batches(images, labels, args.batch_size, shuffle=True), desc="train", leave=False,
-                     total=-(-len(images) // args.batch_size), disable=args.dry_run):
+    for x, y in tqdm(
+        batches(images, labels, args.batch_size, shuffle=True),
+        desc="train",
+        leave=False,
+        total=-(-len(images) // args.batch_size),
+        disable=args.dry_run,
+    ):
         log_probs = model(x)
         loss = F.nll_loss(log_probs, y)
         optimizer.zero_grad(set_to_none=True)
@@ -199,7 +277,9 @@ def save_plots(history, model, image, label, out_dir):
     model.eval()
     with torch.no_grad():
         probabilities = model(image.unsqueeze(0)).exp().squeeze(0).cpu()
-    fig, (ax_image, ax_bars) = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [1, 2]})
+    fig, (ax_image, ax_bars) = plt.subplots(
+        1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [1, 2]}
+    )
     ax_image.imshow((image.squeeze(0).cpu() * STD + MEAN).numpy(), cmap="gray")
     ax_image.set_title(f"true: {CLASSES[label]}")
     ax_image.axis("off")
@@ -217,7 +297,9 @@ def main(argv=None):
     print(f"device: {device} ({torch.get_num_threads()} CPU threads)")
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    (train_images, train_labels), (test_images, test_labels) = load_fashion_mnist(args.data_dir, device)
+    (train_images, train_labels), (test_images, test_labels) = load_fashion_mnist(
+        args.data_dir, device
+    )
     if args.dry_run:
         args.epochs, args.batch_size, args.val_size = 1, 16, 8
         train_images, train_labels = train_images[:24], train_labels[:24]
@@ -241,7 +323,9 @@ def main(argv=None):
         best_val_loss = float("inf")
         for epoch in range(1, args.epochs + 1):
             start = time.perf_counter()
-            train_loss, train_acc = train_one_epoch(model, train_images, train_labels, optimizer, args)
+            train_loss, train_acc = train_one_epoch(
+                model, train_images, train_labels, optimizer, args
+            )
             seconds = time.perf_counter() - start
             val_loss, val_acc = evaluate(model, val_images, val_labels)
             # Keep the weights of the epoch that did best on data it never trained on.
@@ -249,18 +333,38 @@ def main(argv=None):
             if saved:
                 best_val_loss = val_loss
                 save_checkpoint(model, hyperparameters, checkpoint)
-            history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                                val_accuracy=val_acc, seconds=seconds))
-            print(f"epoch {epoch:2d}  train loss {train_loss:.3f}  train acc {train_acc:.4f}  val loss {val_loss:.3f}  "
-                  f"val acc {val_acc:.4f}  time {seconds:.1f}s{'  (saved best)' if saved else ''}")
+            history.append(
+                dict(
+                    epoch=epoch,
+                    train_loss=train_loss,
+                    train_accuracy=train_acc,
+                    val_loss=val_loss,
+                    val_accuracy=val_acc,
+                    seconds=seconds,
+                )
+            )
+            print(
+                f"epoch {epoch:2d}  train loss {train_loss:.3f}  train acc {train_acc:.4f}  val loss {val_loss:.3f}  "
+                f"val acc {val_acc:.4f}  time {seconds:.1f}s{'  (saved best)' if saved else ''}"
+            )
         model = load_checkpoint(checkpoint, device)  # the best epoch, not the last
 
     test_loss, test_acc = evaluate(model, test_images, test_labels)
-    print(f"test loss {test_loss:.3f}  test acc {test_acc:.4f}  (best checkpoint, test set used once)")
-    metrics = dict(script=Path(__file__).name, device=str(device), torch=torch.__version__,
-                   threads=torch.get_num_threads(), epochs=len(history), eval_split="validation",
-                   test_loss=test_loss, test_accuracy=test_acc, train_seconds=sum(h["seconds"] for h in history),
-                   history=history)
+    print(
+        f"test loss {test_loss:.3f}  test acc {test_acc:.4f}  (best checkpoint, test set used once)"
+    )
+    metrics = dict(
+        script=Path(__file__).name,
+        device=str(device),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        epochs=len(history),
+        eval_split="validation",
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+        train_seconds=sum(h["seconds"] for h in history),
+        history=history,
+    )
     if device.type == "cuda":
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

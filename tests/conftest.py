@@ -11,7 +11,7 @@ REPO = TESTS.parent
 sys.path[:0] = [str(TESTS), str(TESTS / "fixture_site")]
 
 import fixtures  # noqa: E402
-from sitecustomize import swap_md5s  # noqa: E402  (the test-only one in tests/fixture_site)
+from fixture_md5s import swap_md5s  # noqa: E402  (tests/fixture_site)
 
 # A proxy on a closed local port: any download fails at once, as on a machine with no network.
 NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",

@@ -1,28 +1,5 @@
-"""Test-only: make torchvision accept the tiny fixture datasets.
+"""Test-only shim: Python imports this at start-up because the tests put this folder first on
+PYTHONPATH for the scripts they run. The work is done in fixture_md5s.py."""
+from fixture_md5s import swap_from_environment
 
-torchvision checks the CIFAR-10 and MNIST files against the MD5 sums of the official
-files, which a tiny fixture cannot match. When FIXTURE_MD5S names a JSON file of
-{file name: md5}, those sums are swapped into torchvision's own lists, so each script
-runs its normal code path (checks included) on the fixture. Python imports this file
-at start-up because the tests put this folder on PYTHONPATH.
-"""
-import json
-import os
-
-
-def swap_md5s(md5s):
-    from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
-
-    def swap(entries):
-        return [(name, md5s.get(name, md5)) for name, md5 in entries]
-
-    CIFAR10.train_list = swap(CIFAR10.train_list)
-    CIFAR10.test_list = swap(CIFAR10.test_list)
-    CIFAR10.meta = {**CIFAR10.meta, "md5": md5s.get(CIFAR10.meta["filename"], CIFAR10.meta["md5"])}
-    MNIST.resources = swap(MNIST.resources)
-    FashionMNIST.resources = swap(FashionMNIST.resources)
-
-
-if os.environ.get("FIXTURE_MD5S"):
-    with open(os.environ["FIXTURE_MD5S"]) as f:
-        swap_md5s(json.load(f))
+swap_from_environment()
