@@ -419,7 +419,7 @@ def epoch_line(entry):
     return line + f"  time {entry['seconds']:.1f}s"
 
 
-def write_metrics(args, device, precision, history, **results):
+def write_metrics(args, device, precision, history, name="metrics.json", **results):
     """metrics.json: which script ran where and how, its final figures (test_* are only ever
     test-set figures), and every epoch's; then print the headline figure."""
     split = "test" if "test_accuracy" in results else "val"
@@ -431,7 +431,7 @@ def write_metrics(args, device, precision, history, **results):
     metrics.update(epochs=len(history), eval_split=split, **results)
     metrics.update(train_seconds=sum(h["seconds"] for h in history), history=history)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (args.out_dir / name).write_text(json.dumps(metrics, indent=2))
     print(f"{split} accuracy {results[f'{split}_accuracy']:.4f}; results in {args.out_dir}")
 
 

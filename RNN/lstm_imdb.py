@@ -19,6 +19,7 @@ Run:
 
 Writes model.pt (weights, vocabulary, settings), metrics.json and curves.png into --out-dir.
 """
+
 import argparse
 import json
 import re
@@ -57,43 +58,98 @@ def positive(kind):
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
+
     return parse
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=positive(int), default=5, help="passes over the training set (default 5)")
+    p.add_argument(
+        "--epochs", type=positive(int), default=5, help="passes over the training set (default 5)"
+    )
     # Small batches: on a CPU an LSTM epoch took about as long at 32 reviews a step as at 256
     # (measured here), and 32 gives 8x the optimiser steps for the same time.
-    p.add_argument("--batch-size", type=positive(int), default=32, help="reviews per training step (default 32)")
-    p.add_argument("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
-    p.add_argument("--max-len", type=positive(int), default=400,
-                   help="keep only the last MAX_LEN tokens of a review (default 400; 81%% of training reviews are no longer)")
-    p.add_argument("--min-freq", type=positive(int), default=10,
-                   help="words seen fewer times in training become <unk> (default 10)")
-    p.add_argument("--max-vocab", type=positive(int), default=10_000,
-                   help="vocabulary size, <pad> and <unk> included (default 10000)")
-    p.add_argument("--val-size", type=positive(int), default=2500,
-                   help="training reviews held out for validation (default 2500)")
-    p.add_argument("--seed", type=int, default=0, help="random seed, for repeatable runs (default 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                   help="where to train; auto picks CUDA, then Apple MPS, then the CPU")
-    p.add_argument("--data-dir", type=Path, default=TOP / "data",
-                   help="folder holding (or receiving) aclImdb/ (default: the top-level data/)")
-    p.add_argument("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem,
-                   help="where model.pt, metrics.json and curves.png go (default: runs/<script name>/)")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint to write, or to read with --predict "
-                                                   "(default: OUT_DIR/model.pt)")
-    p.add_argument("--predict", action="append", metavar="TEXT",
-                   help="classify TEXT with the saved checkpoint instead of training (repeatable; "
-                        "'-' reads one text per line from standard input)")
-    p.add_argument("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    p.add_argument(
+        "--batch-size",
+        type=positive(int),
+        default=32,
+        help="reviews per training step (default 32)",
+    )
+    p.add_argument(
+        "--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)"
+    )
+    p.add_argument(
+        "--max-len",
+        type=positive(int),
+        default=400,
+        help="keep only the last MAX_LEN tokens of a review (default 400; 81%% of training reviews are no longer)",
+    )
+    p.add_argument(
+        "--min-freq",
+        type=positive(int),
+        default=10,
+        help="words seen fewer times in training become <unk> (default 10)",
+    )
+    p.add_argument(
+        "--max-vocab",
+        type=positive(int),
+        default=10_000,
+        help="vocabulary size, <pad> and <unk> included (default 10000)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=positive(int),
+        default=2500,
+        help="training reviews held out for validation (default 2500)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed, for repeatable runs (default 0)"
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        default="auto",
+        help="where to train; auto picks CUDA, then Apple MPS, then the CPU",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=TOP / "data",
+        help="folder holding (or receiving) aclImdb/ (default: the top-level data/)",
+    )
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=TOP / "runs" / Path(__file__).stem,
+        help="where model.pt, metrics.json and curves.png go (default: runs/<script name>/)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint to write, or to read with --predict (default: OUT_DIR/model.pt)",
+    )
+    p.add_argument(
+        "--predict",
+        action="append",
+        metavar="TEXT",
+        help="classify TEXT with the saved checkpoint instead of training (repeatable; "
+        "'-' reads one text per line from standard input)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit"
+    )
     return p.parse_args(argv)
 
 
 def pick_device(name):
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     if name == "cuda" and not torch.cuda.is_available():
         fail("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     if name == "mps" and not torch.backends.mps.is_available():
@@ -103,7 +159,9 @@ def pick_device(name):
 
 # ---- the text pipeline (what torchtext's Field and BucketIterator used to do) ----
 
-TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")  # a run of letters/digits, or any one other visible character
+TOKEN = re.compile(
+    r"[a-z0-9]+|[^\sa-z0-9]"
+)  # a run of letters/digits, or any one other visible character
 
 
 def tokenize(text):
@@ -115,7 +173,7 @@ def build_vocab(token_lists, min_freq, max_size):
     """Words of the training reviews, most frequent first: index 0 is <pad>, 1 is <unk>."""
     counts = Counter(token for tokens in token_lists for token in tokens)
     words = [word for word, count in counts.most_common() if count >= min_freq]
-    return ["<pad>", "<unk>"] + words[:max(max_size - 2, 0)]
+    return ["<pad>", "<unk>"] + words[: max(max_size - 2, 0)]
 
 
 def encode(tokens, index, max_len):
@@ -130,12 +188,16 @@ def get_imdb(data_dir):
         return folder
     archive = data_dir / Path(URL).name
     if archive.exists() and not check_integrity(str(archive), MD5):
-        fail(f"{archive} failed its MD5 check (corrupt or partial download): delete it and run again")
+        fail(
+            f"{archive} failed its MD5 check (corrupt or partial download): delete it and run again"
+        )
     try:
         download_and_extract_archive(URL, str(data_dir), md5=MD5)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
-        fail(f"could not download IMDB ({str(err).strip().splitlines()[0]}). Download {URL} by hand "
-             f"and put it in {data_dir}/ (or unpack it there, giving {folder}/)")
+        fail(
+            f"could not download IMDB ({str(err).strip().splitlines()[0]}). Download {URL} by hand "
+            f"and put it in {data_dir}/ (or unpack it there, giving {folder}/)"
+        )
     return folder
 
 
@@ -150,7 +212,9 @@ def read_reviews(folder, split):
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:
-                fail(f"could not read the review {path} ({err.__class__.__name__}): replace it from the archive")
+                fail(
+                    f"could not read the review {path} ({err.__class__.__name__}): replace it from the archive"
+                )
             if not text.strip():
                 fail(f"the review {path} is empty: replace it from the archive")
             texts.append(text)
@@ -165,17 +229,25 @@ def batches(sequences, labels, batch_size, shuffle=False, generator=None):
     sorted by length first. To keep training batches random, the shuffled reviews are sorted
     within pools of 50 batches and the batches then taken in random order.
     """
-    order = torch.randperm(len(sequences), generator=generator).tolist() if shuffle else range(len(sequences))
+    order = (
+        torch.randperm(len(sequences), generator=generator).tolist()
+        if shuffle
+        else range(len(sequences))
+    )
     pool = 50 * batch_size if shuffle else len(sequences)
     groups = []
     for start in range(0, len(sequences), pool):
-        by_length = sorted(order[start:start + pool], key=lambda k: len(sequences[k]))
-        groups += [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
+        by_length = sorted(order[start : start + pool], key=lambda k: len(sequences[k]))
+        groups += [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
     if shuffle:
         groups = [groups[k] for k in torch.randperm(len(groups), generator=generator)]
     for group in groups:
         lengths = torch.tensor([len(sequences[k]) for k in group])
-        yield pad_sequence([sequences[k] for k in group], batch_first=True, padding_value=PAD), lengths, labels[group]
+        yield (
+            pad_sequence([sequences[k] for k in group], batch_first=True, padding_value=PAD),
+            lengths,
+            labels[group],
+        )
 
 
 class SentimentLSTM(nn.Module):
@@ -188,8 +260,8 @@ class SentimentLSTM(nn.Module):
         # Forget-gate bias 1 (gates are ordered input, forget, cell, output): the cell starts out
         # remembering, so words read hundreds of steps before the end still count early in training.
         with torch.no_grad():
-            self.lstm.bias_ih_l0[hidden:2 * hidden].fill_(1.0)
-            self.lstm.bias_hh_l0[hidden:2 * hidden].zero_()
+            self.lstm.bias_ih_l0[hidden : 2 * hidden].fill_(1.0)
+            self.lstm.bias_hh_l0[hidden : 2 * hidden].zero_()
 
     def forward(self, tokens, lengths):
         outputs, _ = self.lstm(self.dropout(self.embedding(tokens)))  # (batch, time, hidden)
@@ -204,8 +276,13 @@ class SentimentLSTM(nn.Module):
 def train_one_epoch(model, data, optimizer, args, device, autocast, generator):
     model.train()
     total_loss = correct = seen = 0
-    steps = tqdm(batches(*data, args.batch_size, shuffle=True, generator=generator), desc="train", leave=False,
-                 total=-(-len(data[0]) // args.batch_size), disable=args.dry_run)
+    steps = tqdm(
+        batches(*data, args.batch_size, shuffle=True, generator=generator),
+        desc="train",
+        leave=False,
+        total=-(-len(data[0]) // args.batch_size),
+        disable=args.dry_run,
+    )
     for tokens, lengths, labels in steps:
         tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast:
@@ -213,7 +290,9 @@ def train_one_epoch(model, data, optimizer, args, device, autocast, generator):
         loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # LSTMs on long sequences can take huge steps
+        nn.utils.clip_grad_norm_(
+            model.parameters(), 1.0
+        )  # LSTMs on long sequences can take huge steps
         optimizer.step()
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
@@ -237,16 +316,22 @@ def evaluate(model, data, device, autocast, batch_size=256):
 def save_checkpoint(model, vocab, hyperparameters, path):
     # Only tensors, strings and numbers: loadable with torch.load(weights_only=True), which
     # refuses to run code hidden in a file (unlike a pickled model object).
-    torch.save({"model": model.state_dict(), "vocab": vocab, "hyperparameters": hyperparameters}, path)
+    torch.save(
+        {"model": model.state_dict(), "vocab": vocab, "hyperparameters": hyperparameters}, path
+    )
 
 
 def load_checkpoint(path, device):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        fail(f"no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt), or give --checkpoint PATH")
+        fail(
+            f"no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt), or give --checkpoint PATH"
+        )
     except Exception as err:  # a truncated file, or not a checkpoint at all
-        fail(f"could not read the checkpoint {path} ({err.__class__.__name__}: {str(err).splitlines()[0]})")
+        fail(
+            f"could not read the checkpoint {path} ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+        )
     hyperparameters = checkpoint["hyperparameters"]
     model = SentimentLSTM(len(checkpoint["vocab"]), **hyperparameters["model"]).to(device)
     model.load_state_dict(checkpoint["model"])
@@ -267,9 +352,13 @@ def predict(texts, checkpoint, device):
         if not tokens:
             fail(f"nothing to classify in {text!r}: give --predict some words")
         sequence = encode(tokens, index, hyperparameters["max_len"])
-        probabilities = model(sequence.unsqueeze(0).to(device), torch.tensor([len(sequence)])).softmax(1)[0]
+        probabilities = model(
+            sequence.unsqueeze(0).to(device), torch.tensor([len(sequence)])
+        ).softmax(1)[0]
         label = probabilities.argmax().item()
-        print(f"{LABELS[label]:8s} {probabilities[label]:.3f}  {text[:70]}{'...' if len(text) > 70 else ''}")
+        print(
+            f"{LABELS[label]:8s} {probabilities[label]:.3f}  {text[:70]}{'...' if len(text) > 70 else ''}"
+        )
 
 
 def save_curves(history, out_dir):
@@ -294,10 +383,15 @@ def main(argv=None):
         return predict(args.predict, checkpoint, device)
     # bfloat16 matrix maths on GPUs and CPUs with native bf16: a training step of this LSTM took
     # 0.08 s instead of 0.14 s on the test CPU (32 reviews of ~220 tokens).
-    fast_bf16 = device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()
-                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    fast_bf16 = device.type == "cuda" or (
+        device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast_bf16)
-    print(f"device: {device} ({torch.get_num_threads()} CPU threads, bf16 autocast {'on' if fast_bf16 else 'off'})")
+    print(
+        f"device: {device} ({torch.get_num_threads()} CPU threads, bf16 autocast {'on' if fast_bf16 else 'off'})"
+    )
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     folder = get_imdb(args.data_dir)
@@ -305,23 +399,39 @@ def main(argv=None):
     test_texts, test_labels = read_reviews(folder, "test")
     if args.dry_run:
         args.epochs, args.batch_size, args.val_size, args.min_freq = 1, 8, 8, 1
-        keep = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed))[:24].tolist()
+        keep = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed))[
+            :24
+        ].tolist()
         train_texts, train_labels = [train_texts[k] for k in keep], train_labels[keep]
-        step = max(len(test_texts) // 16, 1)  # a few of each label (the files are sorted neg, then pos)
+        step = max(
+            len(test_texts) // 16, 1
+        )  # a few of each label (the files are sorted neg, then pos)
         test_texts, test_labels = test_texts[::step], test_labels[::step]
     if not 0 < args.val_size < len(train_texts):
-        fail(f"--val-size must be between 1 and {len(train_texts) - 1} (there are {len(train_texts)} training reviews)")
-    order = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    val_ids, train_ids = order[:args.val_size], order[args.val_size:]
+        fail(
+            f"--val-size must be between 1 and {len(train_texts) - 1} (there are {len(train_texts)} training reviews)"
+        )
+    order = torch.randperm(
+        len(train_texts), generator=torch.Generator().manual_seed(args.seed)
+    ).tolist()
+    val_ids, train_ids = order[: args.val_size], order[args.val_size :]
 
     train_tokens = [tokenize(train_texts[k]) for k in train_ids]
     vocab = build_vocab(train_tokens, args.min_freq, args.max_vocab)  # from the training split only
     index = {word: i for i, word in enumerate(vocab)}
-    train_data = [encode(tokens, index, args.max_len) for tokens in train_tokens], train_labels[train_ids]
-    val_data = [encode(tokenize(train_texts[k]), index, args.max_len) for k in val_ids], train_labels[val_ids]
+    train_data = (
+        [encode(tokens, index, args.max_len) for tokens in train_tokens],
+        train_labels[train_ids],
+    )
+    val_data = (
+        [encode(tokenize(train_texts[k]), index, args.max_len) for k in val_ids],
+        train_labels[val_ids],
+    )
     test_data = [encode(tokenize(text), index, args.max_len) for text in test_texts], test_labels
-    print(f"data: {len(train_ids)} training, {len(val_ids)} validation and {len(test_texts)} test reviews; "
-          f"vocabulary of {len(vocab)} words")
+    print(
+        f"data: {len(train_ids)} training, {len(val_ids)} validation and {len(test_texts)} test reviews; "
+        f"vocabulary of {len(vocab)} words"
+    )
 
     hyperparameters = dict(model=dict(embedding=100, hidden=256, dropout=0.3), max_len=args.max_len)
     model = SentimentLSTM(len(vocab), **hyperparameters["model"]).to(device)
@@ -332,25 +442,51 @@ def main(argv=None):
     history, best_val_loss = [], float("inf")
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(model, train_data, optimizer, args, device, autocast, generator)
+        train_loss, train_acc = train_one_epoch(
+            model, train_data, optimizer, args, device, autocast, generator
+        )
         seconds = time.perf_counter() - start
         val_loss, val_acc = evaluate(model, val_data, device, autocast)
-        saved = val_loss < best_val_loss  # keep the epoch that did best on reviews it never trained on
+        saved = (
+            val_loss < best_val_loss
+        )  # keep the epoch that did best on reviews it never trained on
         if saved:
             best_val_loss = val_loss
             save_checkpoint(model, vocab, hyperparameters, checkpoint)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                            val_accuracy=val_acc, seconds=seconds))
-        print(f"epoch {epoch:2d}  train loss {train_loss:.3f}  train acc {train_acc:.3f}  val loss {val_loss:.3f}  "
-              f"val acc {val_acc:.3f}  time {seconds:.1f}s{'  (saved best)' if saved else ''}")
+        history.append(
+            dict(
+                epoch=epoch,
+                train_loss=train_loss,
+                train_accuracy=train_acc,
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                seconds=seconds,
+            )
+        )
+        print(
+            f"epoch {epoch:2d}  train loss {train_loss:.3f}  train acc {train_acc:.3f}  val loss {val_loss:.3f}  "
+            f"val acc {val_acc:.3f}  time {seconds:.1f}s{'  (saved best)' if saved else ''}"
+        )
 
     model, _, _ = load_checkpoint(checkpoint, device)  # the best epoch, not the last
     test_loss, test_acc = evaluate(model, test_data, device, autocast)
-    print(f"test loss {test_loss:.3f}  test acc {test_acc:.4f}  (best checkpoint, test set used once)")
-    metrics = dict(script=Path(__file__).name, device=str(device), torch=torch.__version__,
-                   threads=torch.get_num_threads(), epochs=args.epochs, eval_split="validation",
-                   test_loss=test_loss, test_accuracy=test_acc, train_seconds=sum(h["seconds"] for h in history),
-                   vocab_size=len(vocab), max_len=args.max_len, history=history)
+    print(
+        f"test loss {test_loss:.3f}  test acc {test_acc:.4f}  (best checkpoint, test set used once)"
+    )
+    metrics = dict(
+        script=Path(__file__).name,
+        device=str(device),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        epochs=args.epochs,
+        eval_split="validation",
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+        train_seconds=sum(h["seconds"] for h in history),
+        vocab_size=len(vocab),
+        max_len=args.max_len,
+        history=history,
+    )
     if device.type == "cuda":
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

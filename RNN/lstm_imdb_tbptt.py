@@ -27,6 +27,7 @@ Run:
 
 Writes model.pt (weights, vocabulary, settings), metrics.json and curves.png into --out-dir.
 """
+
 import argparse
 import json
 import re
@@ -65,45 +66,104 @@ def positive(kind):
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
+
     return parse
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=positive(int), default=3, help="passes over the training set (default 3)")
+    p.add_argument(
+        "--epochs", type=positive(int), default=3, help="passes over the training set (default 3)"
+    )
     # Small batches: on a CPU an LSTM epoch took about as long at 32 reviews a step as at 256
     # (measured here), and 32 gives 8x the optimiser steps for the same time.
-    p.add_argument("--batch-size", type=positive(int), default=32, help="reviews per training step (default 32)")
-    p.add_argument("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
-    p.add_argument("--bptt", type=positive(int), default=50,
-                   help="tokens per chunk: gradients flow back at most this far (default 50)")
-    p.add_argument("--max-len", type=positive(int), default=400,
-                   help="keep only the last MAX_LEN tokens of a review (default 400; 81%% of training reviews are no longer)")
-    p.add_argument("--min-freq", type=positive(int), default=10,
-                   help="words seen fewer times in training become <unk> (default 10)")
-    p.add_argument("--max-vocab", type=positive(int), default=10_000,
-                   help="vocabulary size, <pad> and <unk> included (default 10000)")
-    p.add_argument("--val-size", type=positive(int), default=2500,
-                   help="training reviews held out for validation (default 2500)")
-    p.add_argument("--seed", type=int, default=0, help="random seed, for repeatable runs (default 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                   help="where to train; auto picks CUDA, then Apple MPS, then the CPU")
-    p.add_argument("--data-dir", type=Path, default=TOP / "data",
-                   help="folder holding (or receiving) aclImdb/ (default: the top-level data/)")
-    p.add_argument("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem,
-                   help="where model.pt, metrics.json and curves.png go (default: runs/<script name>/)")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint to write, or to read with --predict "
-                                                   "(default: OUT_DIR/model.pt)")
-    p.add_argument("--predict", action="append", metavar="TEXT",
-                   help="classify TEXT with the saved checkpoint instead of training (repeatable; "
-                        "'-' reads one text per line from standard input)")
-    p.add_argument("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    p.add_argument(
+        "--batch-size",
+        type=positive(int),
+        default=32,
+        help="reviews per training step (default 32)",
+    )
+    p.add_argument(
+        "--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)"
+    )
+    p.add_argument(
+        "--bptt",
+        type=positive(int),
+        default=50,
+        help="tokens per chunk: gradients flow back at most this far (default 50)",
+    )
+    p.add_argument(
+        "--max-len",
+        type=positive(int),
+        default=400,
+        help="keep only the last MAX_LEN tokens of a review (default 400; 81%% of training reviews are no longer)",
+    )
+    p.add_argument(
+        "--min-freq",
+        type=positive(int),
+        default=10,
+        help="words seen fewer times in training become <unk> (default 10)",
+    )
+    p.add_argument(
+        "--max-vocab",
+        type=positive(int),
+        default=10_000,
+        help="vocabulary size, <pad> and <unk> included (default 10000)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=positive(int),
+        default=2500,
+        help="training reviews held out for validation (default 2500)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed, for repeatable runs (default 0)"
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        default="auto",
+        help="where to train; auto picks CUDA, then Apple MPS, then the CPU",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=TOP / "data",
+        help="folder holding (or receiving) aclImdb/ (default: the top-level data/)",
+    )
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=TOP / "runs" / Path(__file__).stem,
+        help="where model.pt, metrics.json and curves.png go (default: runs/<script name>/)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint to write, or to read with --predict (default: OUT_DIR/model.pt)",
+    )
+    p.add_argument(
+        "--predict",
+        action="append",
+        metavar="TEXT",
+        help="classify TEXT with the saved checkpoint instead of training (repeatable; "
+        "'-' reads one text per line from standard input)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit"
+    )
     return p.parse_args(argv)
 
 
 def pick_device(name):
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     if name == "cuda" and not torch.cuda.is_available():
         fail("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     if name == "mps" and not torch.backends.mps.is_available():
@@ -113,7 +173,9 @@ def pick_device(name):
 
 # ---- the text pipeline (what torchtext's Field and BucketIterator used to do) ----
 
-TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")  # a run of letters/digits, or any one other visible character
+TOKEN = re.compile(
+    r"[a-z0-9]+|[^\sa-z0-9]"
+)  # a run of letters/digits, or any one other visible character
 
 
 def tokenize(text):
@@ -125,7 +187,7 @@ def build_vocab(token_lists, min_freq, max_size):
     """Words of the training reviews, most frequent first: index 0 is <pad>, 1 is <unk>."""
     counts = Counter(token for tokens in token_lists for token in tokens)
     words = [word for word, count in counts.most_common() if count >= min_freq]
-    return ["<pad>", "<unk>"] + words[:max(max_size - 2, 0)]
+    return ["<pad>", "<unk>"] + words[: max(max_size - 2, 0)]
 
 
 def encode(tokens, index, max_len):
@@ -140,12 +202,16 @@ def get_imdb(data_dir):
         return folder
     archive = data_dir / Path(URL).name
     if archive.exists() and not check_integrity(str(archive), MD5):
-        fail(f"{archive} failed its MD5 check (corrupt or partial download): delete it and run again")
+        fail(
+            f"{archive} failed its MD5 check (corrupt or partial download): delete it and run again"
+        )
     try:
         download_and_extract_archive(URL, str(data_dir), md5=MD5)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
-        fail(f"could not download IMDB ({str(err).strip().splitlines()[0]}). Download {URL} by hand "
-             f"and put it in {data_dir}/ (or unpack it there, giving {folder}/)")
+        fail(
+            f"could not download IMDB ({str(err).strip().splitlines()[0]}). Download {URL} by hand "
+            f"and put it in {data_dir}/ (or unpack it there, giving {folder}/)"
+        )
     return folder
 
 
@@ -160,7 +226,9 @@ def read_reviews(folder, split):
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:
-                fail(f"could not read the review {path} ({err.__class__.__name__}): replace it from the archive")
+                fail(
+                    f"could not read the review {path} ({err.__class__.__name__}): replace it from the archive"
+                )
             if not text.strip():
                 fail(f"the review {path} is empty: replace it from the archive")
             texts.append(text)
@@ -175,17 +243,25 @@ def batches(sequences, labels, batch_size, shuffle=False, generator=None):
     sorted by length first. To keep training batches random, the shuffled reviews are sorted
     within pools of 50 batches and the batches then taken in random order.
     """
-    order = torch.randperm(len(sequences), generator=generator).tolist() if shuffle else range(len(sequences))
+    order = (
+        torch.randperm(len(sequences), generator=generator).tolist()
+        if shuffle
+        else range(len(sequences))
+    )
     pool = 50 * batch_size if shuffle else len(sequences)
     groups = []
     for start in range(0, len(sequences), pool):
-        by_length = sorted(order[start:start + pool], key=lambda k: len(sequences[k]))
-        groups += [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
+        by_length = sorted(order[start : start + pool], key=lambda k: len(sequences[k]))
+        groups += [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
     if shuffle:
         groups = [groups[k] for k in torch.randperm(len(groups), generator=generator)]
     for group in groups:
         lengths = torch.tensor([len(sequences[k]) for k in group])
-        yield pad_sequence([sequences[k] for k in group], batch_first=True, padding_value=PAD), lengths, labels[group]
+        yield (
+            pad_sequence([sequences[k] for k in group], batch_first=True, padding_value=PAD),
+            lengths,
+            labels[group],
+        )
 
 
 class SentimentLSTM(nn.Module):
@@ -198,8 +274,8 @@ class SentimentLSTM(nn.Module):
         # Forget-gate bias 1 (gates are ordered input, forget, cell, output): the cell starts out
         # remembering, so words read hundreds of steps before the end still count early in training.
         with torch.no_grad():
-            self.lstm.bias_ih_l0[hidden:2 * hidden].fill_(1.0)
-            self.lstm.bias_hh_l0[hidden:2 * hidden].zero_()
+            self.lstm.bias_ih_l0[hidden : 2 * hidden].fill_(1.0)
+            self.lstm.bias_hh_l0[hidden : 2 * hidden].zero_()
 
     def forward(self, tokens, lengths, state=None):
         """Logits read at each review's last token in `tokens`, and the LSTM state after the last column.
@@ -207,12 +283,20 @@ class SentimentLSTM(nn.Module):
         `state` is the (h, c) pair left by the previous chunk of the same reviews, or None
         (zeros) for a fresh start.
         """
-        outputs, state = self.lstm(self.dropout(self.embedding(tokens)), state)  # outputs: (batch, time, hidden)
+        outputs, state = self.lstm(
+            self.dropout(self.embedding(tokens)), state
+        )  # outputs: (batch, time, hidden)
         # Read each review at its own last word, not at the padded end, so padding never changes
         # a prediction. For a one-directional LSTM over right-padded batches, gathering that
         # position is exact, and much faster on a CPU than pack_padded_sequence
         # (5-7x for a batch of 32 reviews on the test machine).
-        last = (lengths - 1).clamp(min=0).to(tokens.device).view(-1, 1, 1).expand(-1, 1, outputs.size(2))
+        last = (
+            (lengths - 1)
+            .clamp(min=0)
+            .to(tokens.device)
+            .view(-1, 1, 1)
+            .expand(-1, 1, outputs.size(2))
+        )
         return self.out(self.dropout(outputs.gather(1, last).squeeze(1))), state
 
 
@@ -229,26 +313,39 @@ def chunks(model, tokens, lengths, bptt, autocast):
             state = tuple(s.detach() for s in state)
         in_chunk = (lengths - start).clamp(0, bptt)  # tokens of each review inside this chunk
         with autocast:
-            logits, state = model(tokens[:, start:start + bptt], in_chunk, state)
+            logits, state = model(tokens[:, start : start + bptt], in_chunk, state)
         yield logits, in_chunk > 0, (lengths > start) & (lengths <= start + bptt)
 
 
 def train_one_epoch(model, data, optimizer, args, device, autocast, generator):
     model.train()
     total_loss = correct = seen = 0
-    steps = tqdm(batches(*data, args.batch_size, shuffle=True, generator=generator), desc="train", leave=False,
-                 total=-(-len(data[0]) // args.batch_size), disable=args.dry_run)
+    steps = tqdm(
+        batches(*data, args.batch_size, shuffle=True, generator=generator),
+        desc="train",
+        leave=False,
+        total=-(-len(data[0]) // args.batch_size),
+        disable=args.dry_run,
+    )
     for tokens, lengths, labels in steps:
         tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        for logits, active, ending in chunks(model, tokens, lengths.to(device), args.bptt, autocast):
-            loss = F.cross_entropy(logits[active].float(), labels[active])  # one loss and one step per chunk
+        for logits, active, ending in chunks(
+            model, tokens, lengths.to(device), args.bptt, autocast
+        ):
+            loss = F.cross_entropy(
+                logits[active].float(), labels[active]
+            )  # one loss and one step per chunk
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # LSTMs on long sequences can take huge steps
+            nn.utils.clip_grad_norm_(
+                model.parameters(), 1.0
+            )  # LSTMs on long sequences can take huge steps
             optimizer.step()
             total_loss += loss.item() * active.sum().item()
             seen += active.sum().item()
-            correct += (logits[ending].argmax(1) == labels[ending]).sum().item()  # a review's final prediction
+            correct += (
+                (logits[ending].argmax(1) == labels[ending]).sum().item()
+            )  # a review's final prediction
     return total_loss / seen, correct / len(data[0])
 
 
@@ -259,7 +356,9 @@ def evaluate(model, data, device, autocast, batch_size=256):
     for tokens, lengths, labels in batches(*data, batch_size):
         tokens, labels = tokens.to(device), labels.to(device)
         with autocast:
-            logits, _ = model(tokens, lengths)  # whole reviews at once: no gradients, nothing to truncate
+            logits, _ = model(
+                tokens, lengths
+            )  # whole reviews at once: no gradients, nothing to truncate
         total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
     return total_loss / len(data[0]), correct / len(data[0])
@@ -268,16 +367,22 @@ def evaluate(model, data, device, autocast, batch_size=256):
 def save_checkpoint(model, vocab, hyperparameters, path):
     # Only tensors, strings and numbers: loadable with torch.load(weights_only=True), which
     # refuses to run code hidden in a file (unlike a pickled model object).
-    torch.save({"model": model.state_dict(), "vocab": vocab, "hyperparameters": hyperparameters}, path)
+    torch.save(
+        {"model": model.state_dict(), "vocab": vocab, "hyperparameters": hyperparameters}, path
+    )
 
 
 def load_checkpoint(path, device):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        fail(f"no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt), or give --checkpoint PATH")
+        fail(
+            f"no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt), or give --checkpoint PATH"
+        )
     except Exception as err:  # a truncated file, or not a checkpoint at all
-        fail(f"could not read the checkpoint {path} ({err.__class__.__name__}: {str(err).splitlines()[0]})")
+        fail(
+            f"could not read the checkpoint {path} ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+        )
     hyperparameters = checkpoint["hyperparameters"]
     model = SentimentLSTM(len(checkpoint["vocab"]), **hyperparameters["model"]).to(device)
     model.load_state_dict(checkpoint["model"])
@@ -301,7 +406,9 @@ def predict(texts, checkpoint, device):
         logits, _ = model(sequence.unsqueeze(0).to(device), torch.tensor([len(sequence)]))
         probabilities = logits.softmax(1)[0]
         label = probabilities.argmax().item()
-        print(f"{LABELS[label]:8s} {probabilities[label]:.3f}  {text[:70]}{'...' if len(text) > 70 else ''}")
+        print(
+            f"{LABELS[label]:8s} {probabilities[label]:.3f}  {text[:70]}{'...' if len(text) > 70 else ''}"
+        )
 
 
 def save_curves(history, out_dir):
@@ -326,10 +433,15 @@ def main(argv=None):
         return predict(args.predict, checkpoint, device)
     # bfloat16 matrix maths on GPUs and CPUs with native bf16: a training step of this LSTM took
     # 0.08 s instead of 0.14 s on the test CPU (32 reviews of ~220 tokens).
-    fast_bf16 = device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()
-                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    fast_bf16 = device.type == "cuda" or (
+        device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast_bf16)
-    print(f"device: {device} ({torch.get_num_threads()} CPU threads, bf16 autocast {'on' if fast_bf16 else 'off'})")
+    print(
+        f"device: {device} ({torch.get_num_threads()} CPU threads, bf16 autocast {'on' if fast_bf16 else 'off'})"
+    )
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     folder = get_imdb(args.data_dir)
@@ -337,25 +449,43 @@ def main(argv=None):
     test_texts, test_labels = read_reviews(folder, "test")
     if args.dry_run:
         args.epochs, args.batch_size, args.val_size, args.min_freq = 1, 8, 8, 1
-        keep = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed))[:24].tolist()
+        keep = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed))[
+            :24
+        ].tolist()
         train_texts, train_labels = [train_texts[k] for k in keep], train_labels[keep]
-        step = max(len(test_texts) // 16, 1)  # a few of each label (the files are sorted neg, then pos)
+        step = max(
+            len(test_texts) // 16, 1
+        )  # a few of each label (the files are sorted neg, then pos)
         test_texts, test_labels = test_texts[::step], test_labels[::step]
     if not 0 < args.val_size < len(train_texts):
-        fail(f"--val-size must be between 1 and {len(train_texts) - 1} (there are {len(train_texts)} training reviews)")
-    order = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    val_ids, train_ids = order[:args.val_size], order[args.val_size:]
+        fail(
+            f"--val-size must be between 1 and {len(train_texts) - 1} (there are {len(train_texts)} training reviews)"
+        )
+    order = torch.randperm(
+        len(train_texts), generator=torch.Generator().manual_seed(args.seed)
+    ).tolist()
+    val_ids, train_ids = order[: args.val_size], order[args.val_size :]
 
     train_tokens = [tokenize(train_texts[k]) for k in train_ids]
     vocab = build_vocab(train_tokens, args.min_freq, args.max_vocab)  # from the training split only
     index = {word: i for i, word in enumerate(vocab)}
-    train_data = [encode(tokens, index, args.max_len) for tokens in train_tokens], train_labels[train_ids]
-    val_data = [encode(tokenize(train_texts[k]), index, args.max_len) for k in val_ids], train_labels[val_ids]
+    train_data = (
+        [encode(tokens, index, args.max_len) for tokens in train_tokens],
+        train_labels[train_ids],
+    )
+    val_data = (
+        [encode(tokenize(train_texts[k]), index, args.max_len) for k in val_ids],
+        train_labels[val_ids],
+    )
     test_data = [encode(tokenize(text), index, args.max_len) for text in test_texts], test_labels
-    print(f"data: {len(train_ids)} training, {len(val_ids)} validation and {len(test_texts)} test reviews; "
-          f"vocabulary of {len(vocab)} words")
+    print(
+        f"data: {len(train_ids)} training, {len(val_ids)} validation and {len(test_texts)} test reviews; "
+        f"vocabulary of {len(vocab)} words"
+    )
 
-    hyperparameters = dict(model=dict(embedding=100, hidden=256, dropout=0.3), max_len=args.max_len, bptt=args.bptt)
+    hyperparameters = dict(
+        model=dict(embedding=100, hidden=256, dropout=0.3), max_len=args.max_len, bptt=args.bptt
+    )
     model = SentimentLSTM(len(vocab), **hyperparameters["model"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)  # batch order, repeatable
@@ -364,25 +494,52 @@ def main(argv=None):
     history, best_val_loss = [], float("inf")
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(model, train_data, optimizer, args, device, autocast, generator)
+        train_loss, train_acc = train_one_epoch(
+            model, train_data, optimizer, args, device, autocast, generator
+        )
         seconds = time.perf_counter() - start
         val_loss, val_acc = evaluate(model, val_data, device, autocast)
-        saved = val_loss < best_val_loss  # keep the epoch that did best on reviews it never trained on
+        saved = (
+            val_loss < best_val_loss
+        )  # keep the epoch that did best on reviews it never trained on
         if saved:
             best_val_loss = val_loss
             save_checkpoint(model, vocab, hyperparameters, checkpoint)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                            val_accuracy=val_acc, seconds=seconds))
-        print(f"epoch {epoch:2d}  train loss {train_loss:.3f}  train acc {train_acc:.3f}  val loss {val_loss:.3f}  "
-              f"val acc {val_acc:.3f}  time {seconds:.1f}s{'  (saved best)' if saved else ''}")
+        history.append(
+            dict(
+                epoch=epoch,
+                train_loss=train_loss,
+                train_accuracy=train_acc,
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                seconds=seconds,
+            )
+        )
+        print(
+            f"epoch {epoch:2d}  train loss {train_loss:.3f}  train acc {train_acc:.3f}  val loss {val_loss:.3f}  "
+            f"val acc {val_acc:.3f}  time {seconds:.1f}s{'  (saved best)' if saved else ''}"
+        )
 
     model, _, _ = load_checkpoint(checkpoint, device)  # the best epoch, not the last
     test_loss, test_acc = evaluate(model, test_data, device, autocast)
-    print(f"test loss {test_loss:.3f}  test acc {test_acc:.4f}  (best checkpoint, test set used once)")
-    metrics = dict(script=Path(__file__).name, device=str(device), torch=torch.__version__,
-                   threads=torch.get_num_threads(), epochs=args.epochs, eval_split="validation",
-                   test_loss=test_loss, test_accuracy=test_acc, train_seconds=sum(h["seconds"] for h in history),
-                   vocab_size=len(vocab), max_len=args.max_len, bptt=args.bptt, history=history)
+    print(
+        f"test loss {test_loss:.3f}  test acc {test_acc:.4f}  (best checkpoint, test set used once)"
+    )
+    metrics = dict(
+        script=Path(__file__).name,
+        device=str(device),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        epochs=args.epochs,
+        eval_split="validation",
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+        train_seconds=sum(h["seconds"] for h in history),
+        vocab_size=len(vocab),
+        max_len=args.max_len,
+        bptt=args.bptt,
+        history=history,
+    )
     if device.type == "cuda":
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -17,6 +17,7 @@ Run:
 
 Writes metrics.json and curves.png into --out-dir.
 """
+
 import argparse
 import json
 import random
@@ -50,31 +51,69 @@ def positive(kind):
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
+
     return parse
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=positive(int), default=15, help="passes over the training set (default 15)")
-    p.add_argument("--batch-size", type=positive(int), default=32, help="sequences per training step (default 32)")
-    p.add_argument("--lr", type=positive(float), default=1e-2, help="peak Adam learning rate (default 1e-2)")
-    p.add_argument("--hidden", type=positive(int), default=200, help="LSTM hidden size (default 200)")
-    p.add_argument("--train-size", type=positive(int), default=1000, help="training sequences (default 1000)")
-    p.add_argument("--val-size", type=positive(int), default=200, help="validation sequences (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed, for repeatable data and runs (default 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                   help="where to train; auto picks CUDA, then Apple MPS, then the CPU")
-    p.add_argument("--data-dir", type=Path, default=TOP / "data",
-                   help="unused: the data is generated in memory (kept so every script takes the same flags)")
-    p.add_argument("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem,
-                   help="where metrics.json and curves.png go (default: runs/<script name>/)")
-    p.add_argument("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    p.add_argument(
+        "--epochs", type=positive(int), default=15, help="passes over the training set (default 15)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive(int),
+        default=32,
+        help="sequences per training step (default 32)",
+    )
+    p.add_argument(
+        "--lr", type=positive(float), default=1e-2, help="peak Adam learning rate (default 1e-2)"
+    )
+    p.add_argument(
+        "--hidden", type=positive(int), default=200, help="LSTM hidden size (default 200)"
+    )
+    p.add_argument(
+        "--train-size", type=positive(int), default=1000, help="training sequences (default 1000)"
+    )
+    p.add_argument(
+        "--val-size", type=positive(int), default=200, help="validation sequences (default 200)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed, for repeatable data and runs (default 0)"
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        default="auto",
+        help="where to train; auto picks CUDA, then Apple MPS, then the CPU",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=TOP / "data",
+        help="unused: the data is generated in memory (kept so every script takes the same flags)",
+    )
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=TOP / "runs" / Path(__file__).stem,
+        help="where metrics.json and curves.png go (default: runs/<script name>/)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit"
+    )
     return p.parse_args(argv)
 
 
 def pick_device(name):
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     if name == "cuda" and not torch.cuda.is_available():
         fail("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     if name == "mps" and not torch.backends.mps.is_available():
@@ -108,13 +147,15 @@ def batches(tokens, labels, batch_size, shuffle=False, generator=None):
     training steps random without mixing short and long sequences in one batch.
     """
     by_length = sorted(range(len(tokens)), key=lambda k: len(tokens[k]))
-    groups = [by_length[start:start + batch_size] for start in range(0, len(tokens), batch_size)]
+    groups = [by_length[start : start + batch_size] for start in range(0, len(tokens), batch_size)]
     if shuffle:
         groups = [groups[k] for k in torch.randperm(len(groups), generator=generator)]
     for group in groups:
         lengths = torch.tensor([len(tokens[k]) for k in group])
         sequences = [tokens[k] for k in group]
-        if shuffle:  # the counts do not depend on the order: a new order each epoch is free extra data
+        if (
+            shuffle
+        ):  # the counts do not depend on the order: a new order each epoch is free extra data
             sequences = [seq[torch.randperm(len(seq), generator=generator)] for seq in sequences]
         yield pad_sequence(sequences, batch_first=True, padding_value=PAD), lengths, labels[group]
 
@@ -128,8 +169,8 @@ class LetterCounter(nn.Module):
         # Forget-gate bias 1 (gates are ordered input, forget, cell, output): the cell starts out
         # keeping what it holds, which a counter needs; counting then took off epochs earlier.
         with torch.no_grad():
-            self.lstm.bias_ih_l0[hidden:2 * hidden].fill_(1.0)
-            self.lstm.bias_hh_l0[hidden:2 * hidden].zero_()
+            self.lstm.bias_ih_l0[hidden : 2 * hidden].fill_(1.0)
+            self.lstm.bias_hh_l0[hidden : 2 * hidden].zero_()
 
     def forward(self, tokens, lengths):
         outputs, _ = self.lstm(self.embedding(tokens))  # (batch, time, hidden)
@@ -143,15 +184,22 @@ def train_one_epoch(model, data, optimizer, scheduler, args, device, autocast, g
     model.train()
     total_loss = correct = seen = 0
     steps = -(-len(data[0]) // args.batch_size)
-    for tokens, lengths, labels in tqdm(batches(*data, args.batch_size, shuffle=True, generator=generator),
-                                        total=steps, desc="train", leave=False, disable=args.dry_run):
+    for tokens, lengths, labels in tqdm(
+        batches(*data, args.batch_size, shuffle=True, generator=generator),
+        total=steps,
+        desc="train",
+        leave=False,
+        disable=args.dry_run,
+    ):
         tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast:
             logits = model(tokens, lengths)
         loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # LSTMs on long sequences can take huge steps
+        nn.utils.clip_grad_norm_(
+            model.parameters(), 1.0
+        )  # LSTMs on long sequences can take huge steps
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(labels)
@@ -192,10 +240,15 @@ def main(argv=None):
     device = pick_device(args.device)
     # bfloat16 matrix maths on GPUs and CPUs with native bf16. For this small LSTM it gained little on
     # the test CPU (2.1 vs 2.4 s an epoch) and did no harm (0.905 vs 0.875 validation accuracy, one run each).
-    fast_bf16 = device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()
-                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    fast_bf16 = device.type == "cuda" or (
+        device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast_bf16)
-    print(f"device: {device} ({torch.get_num_threads()} CPU threads, bf16 autocast {'on' if fast_bf16 else 'off'})")
+    print(
+        f"device: {device} ({torch.get_num_threads()} CPU threads, bf16 autocast {'on' if fast_bf16 else 'off'})"
+    )
 
     if args.dry_run:
         args.epochs, args.batch_size, args.train_size, args.val_size = 1, 8, 16, 8
@@ -208,32 +261,56 @@ def main(argv=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # One-cycle: warm up, then anneal. A high peak rate gets counting going early; the
     # annealing settles it. It reached the target in a fraction of the tutorial's 60 epochs.
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
-                                                    steps_per_epoch=-(-args.train_size // args.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=args.lr,
+        epochs=args.epochs,
+        steps_per_epoch=-(-args.train_size // args.batch_size),
+    )
     generator = torch.Generator().manual_seed(args.seed)  # batch order, repeatable
     history = []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(model, train_data, optimizer, scheduler, args, device, autocast,
-                                                generator)
+        train_loss, train_acc = train_one_epoch(
+            model, train_data, optimizer, scheduler, args, device, autocast, generator
+        )
         seconds = time.perf_counter() - start
         val_loss, val_acc = evaluate(model, val_data, device, autocast)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                            val_accuracy=val_acc, seconds=seconds))
-        print(f"epoch {epoch:2d}  train loss {train_loss:.3f}  train acc {train_acc:.3f}  "
-              f"val loss {val_loss:.3f}  val acc {val_acc:.3f}  time {seconds:.1f}s")
+        history.append(
+            dict(
+                epoch=epoch,
+                train_loss=train_loss,
+                train_accuracy=train_acc,
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                seconds=seconds,
+            )
+        )
+        print(
+            f"epoch {epoch:2d}  train loss {train_loss:.3f}  train acc {train_acc:.3f}  "
+            f"val loss {val_loss:.3f}  val acc {val_acc:.3f}  time {seconds:.1f}s"
+        )
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     # This task has no separate test set: the reported accuracy is on the validation sequences.
-    metrics = dict(script=Path(__file__).name, device=str(device), torch=torch.__version__,
-                   threads=torch.get_num_threads(), epochs=args.epochs, eval_split="validation",
-                   test_accuracy=history[-1]["val_accuracy"], train_seconds=sum(h["seconds"] for h in history),
-                   history=history)
+    metrics = dict(
+        script=Path(__file__).name,
+        device=str(device),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        epochs=args.epochs,
+        eval_split="validation",
+        test_accuracy=history[-1]["val_accuracy"],
+        train_seconds=sum(h["seconds"] for h in history),
+        history=history,
+    )
     if device.type == "cuda":
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     save_curves(history, args.out_dir)
-    print(f"validation accuracy {metrics['test_accuracy']:.3f}; metrics and curves in {args.out_dir}")
+    print(
+        f"validation accuracy {metrics['test_accuracy']:.3f}; metrics and curves in {args.out_dir}"
+    )
 
 
 if __name__ == "__main__":

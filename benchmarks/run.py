@@ -13,6 +13,7 @@ README shows), and exits non-zero if any script ends below its floor.
 DIR holds the datasets in their official layouts (MNIST/, FashionMNIST/, cifar-10-batches-py/,
 aclImdb/). Run it on an otherwise idle machine: scripts run one after another, never together.
 """
+
 import argparse
 import datetime
 import json
@@ -45,13 +46,28 @@ TARGETS = [
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", type=Path, required=True, help="folder holding the datasets")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                   help="passed to every script (default auto)")
-    p.add_argument("--only", nargs="+", metavar="NAME", choices=[name for name, _, _ in TARGETS],
-                   help="run only these scripts (paths as listed in TARGETS)")
-    p.add_argument("--repeats", type=int, default=1, help="runs per script; times are medians (default 1)")
-    p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks",
-                   help="where results-<device>.json and .md go (default benchmarks/)")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        default="auto",
+        help="passed to every script (default auto)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        choices=[name for name, _, _ in TARGETS],
+        help="run only these scripts (paths as listed in TARGETS)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=1, help="runs per script; times are medians (default 1)"
+    )
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=REPO / "benchmarks",
+        help="where results-<device>.json and .md go (default benchmarks/)",
+    )
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -61,21 +77,36 @@ def parse_args(argv=None):
 def machine(device):
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     info = dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version())
     if device.startswith("cuda"):
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True)
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
         info["gpu"] = gpu.stdout.strip().splitlines()[0] if gpu.returncode == 0 else "unknown GPU"
     return info
 
 
 def run_once(script, args, out_dir, log_path):
     """Run one script; return its metrics.json, wall seconds and peak RSS in MB (of the script's process)."""
-    command = [sys.executable, str(REPO / script), "--data-dir", str(args.data_dir), "--device", args.device,
-               "--out-dir", str(out_dir)]
+    command = [
+        sys.executable,
+        str(REPO / script),
+        "--data-dir",
+        str(args.data_dir),
+        "--device",
+        args.device,
+        "--out-dir",
+        str(out_dir),
+    ]
     with open(log_path, "w") as log:
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -84,8 +115,14 @@ def run_once(script, args, out_dir, log_path):
         child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         tail = log_path.read_text(errors="replace")[-1500:]
-        sys.exit(f"error: {script} exited with status {child.returncode}; the end of its output:\n{tail}")
-    return json.loads((out_dir / "metrics.json").read_text()), wall, usage.ru_maxrss / 1024  # KB -> MB on Linux
+        sys.exit(
+            f"error: {script} exited with status {child.returncode}; the end of its output:\n{tail}"
+        )
+    return (
+        json.loads((out_dir / "metrics.json").read_text()),
+        wall,
+        usage.ru_maxrss / 1024,
+    )  # KB -> MB on Linux
 
 
 def seconds_to_floor(history, floor):
@@ -106,41 +143,62 @@ def benchmark(script, floor, target, args, work_dir):
     metrics = runs[-1][0]
     to_floor = [seconds_to_floor(m["history"], floor) for m, _, _ in runs] if floor else []
     result = dict(
-        script=script, floor=floor, target_seconds=target, runs=args.repeats,
+        script=script,
+        floor=floor,
+        target_seconds=target,
+        runs=args.repeats,
         test_accuracy=statistics.median(m["test_accuracy"] for m, _, _ in runs),
-        epochs=metrics["epochs"], eval_split=metrics.get("eval_split", "test"),
+        epochs=metrics["epochs"],
+        eval_split=metrics.get("eval_split", "test"),
         wall_seconds=statistics.median(wall for _, wall, _ in runs),
         train_seconds=statistics.median(m["train_seconds"] for m, _, _ in runs),
         epoch_seconds=statistics.median(e["seconds"] for m, _, _ in runs for e in m["history"]),
         seconds_to_floor=None if None in to_floor or not to_floor else statistics.median(to_floor),
         peak_rss_mb=max(rss for _, _, rss in runs),
-        peak_gpu_memory_mb=max((m.get("peak_gpu_memory_mb") or 0 for m, _, _ in runs), default=0) or None,
-        device=metrics["device"], torch=metrics["torch"], threads=metrics["threads"])
+        peak_gpu_memory_mb=max((m.get("peak_gpu_memory_mb") or 0 for m, _, _ in runs), default=0)
+        or None,
+        device=metrics["device"],
+        torch=metrics["torch"],
+        threads=metrics["threads"],
+    )
     result["floor_met"] = floor is None or result["test_accuracy"] >= floor
-    result["time_met"] = target is None or (result["seconds_to_floor"] is not None
-                                            and result["seconds_to_floor"] <= target)
+    result["time_met"] = target is None or (
+        result["seconds_to_floor"] is not None and result["seconds_to_floor"] <= target
+    )
     return result
 
 
 def markdown(results, info, date):
     device = results[0]["device"]
     where = info.get("gpu", f"{info['cpu']}, {info['cores']} cores")
-    lines = [f"Measured {date} on {where} (device {device}, torch {results[0]['torch']}, "
-             f"{results[0]['threads']} threads), `python benchmarks/run.py`, "
-             f"{results[0]['runs']} run(s) per script (times are medians).", "",
-             "| script | accuracy | floor | training time to floor (target) | s/epoch | epochs | wall, total | peak RSS |"
-             + (" peak GPU memory |" if any(r["peak_gpu_memory_mb"] for r in results) else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|" if any(r["peak_gpu_memory_mb"] for r in results) else "")]
+    lines = [
+        f"Measured {date} on {where} (device {device}, torch {results[0]['torch']}, "
+        f"{results[0]['threads']} threads), `python benchmarks/run.py`, "
+        f"{results[0]['runs']} run(s) per script (times are medians).",
+        "",
+        "| script | accuracy | floor | training time to floor (target) | s/epoch | epochs | wall, total | peak RSS |"
+        + (" peak GPU memory |" if any(r["peak_gpu_memory_mb"] for r in results) else ""),
+        "|---|---|---|---|---|---|---|---|"
+        + ("---|" if any(r["peak_gpu_memory_mb"] for r in results) else ""),
+    ]
     for r in results:
-        floor = "-" if r["floor"] is None else f"{r['floor']:.3f}" + ("" if r["floor_met"] else " **missed**")
+        floor = (
+            "-"
+            if r["floor"] is None
+            else f"{r['floor']:.3f}" + ("" if r["floor_met"] else " **missed**")
+        )
         if r["floor"] is None:
             to_floor = "-"
         elif r["seconds_to_floor"] is None:
             to_floor = "not reached"
         else:
-            to_floor = f"{r['seconds_to_floor']:.1f} s ({r['target_seconds']} s)" + ("" if r["time_met"] else " over")
-        row = (f"| `{r['script']}` | {r['test_accuracy']:.4f} | {floor} | {to_floor} | {r['epoch_seconds']:.1f} | {r['epochs']} | "
-               f"{r['wall_seconds']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GB |")
+            to_floor = f"{r['seconds_to_floor']:.1f} s ({r['target_seconds']} s)" + (
+                "" if r["time_met"] else " over"
+            )
+        row = (
+            f"| `{r['script']}` | {r['test_accuracy']:.4f} | {floor} | {to_floor} | {r['epoch_seconds']:.1f} | {r['epochs']} | "
+            f"{r['wall_seconds']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GB |"
+        )
         if any(x["peak_gpu_memory_mb"] for x in results):
             row += f" {r['peak_gpu_memory_mb'] or 0:.0f} MB |"
         lines.append(row)
@@ -157,17 +215,21 @@ def main(argv=None):
             result = benchmark(script, floor, target, args, Path(work))
             results.append(result)
             to_floor = result["seconds_to_floor"]
-            print(f"  accuracy {result['test_accuracy']:.4f} (floor {floor}), {result['wall_seconds']:.0f} s wall, "
-                  f"{result['train_seconds']:.1f} s training, "
-                  f"floor reached after {'-' if to_floor is None else f'{to_floor:.1f} s'}, "
-                  f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"  accuracy {result['test_accuracy']:.4f} (floor {floor}), {result['wall_seconds']:.0f} s wall, "
+                f"{result['train_seconds']:.1f} s training, "
+                f"floor reached after {'-' if to_floor is None else f'{to_floor:.1f} s'}, "
+                f"peak RSS {result['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     device = results[0]["device"].split(":")[0]
     info = machine(device)
     date = datetime.date.today().isoformat()
     table = markdown(results, info, date)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"results-{device}.json").write_text(
-        json.dumps(dict(date=date, machine=info, results=results), indent=2))
+        json.dumps(dict(date=date, machine=info, results=results), indent=2)
+    )
     (args.results_dir / f"results-{device}.md").write_text(table)
     print("\n" + table)
     missed = [r["script"] for r in results if not r["floor_met"]]

@@ -14,14 +14,23 @@ import fixtures  # noqa: E402
 from fixture_md5s import swap_md5s  # noqa: E402  (tests/fixture_site)
 
 # A proxy on a closed local port: any download fails at once, as on a machine with no network.
-NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-              "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": ""}
+NO_NETWORK = {
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "no_proxy": "",
+}
 
 
 def all_scripts():
     """Every tutorial script in the repository: a new one is tested without editing the tests."""
     candidates = sorted(REPO.glob("*.py")) + sorted(REPO.glob("*/*.py"))
-    return [p for p in candidates if p.parent.name not in ("tests", "benchmarks") and not p.name.startswith(".")]
+    return [
+        p
+        for p in candidates
+        if p.parent.name not in ("tests", "benchmarks") and not p.name.startswith(".")
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +45,9 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def script_env(data_dir):
     """Environment for running a script as a subprocess on the fixture data, offline."""
-    env = dict(os.environ, **NO_NETWORK, FIXTURE_MD5S=str(data_dir / "fixture-md5s.json"), MPLBACKEND="Agg")
+    env = dict(
+        os.environ, **NO_NETWORK, FIXTURE_MD5S=str(data_dir / "fixture-md5s.json"), MPLBACKEND="Agg"
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "fixture_site"), env.get("PYTHONPATH", "")])
     return env
 

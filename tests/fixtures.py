@@ -3,6 +3,7 @@
 Each image's pixels all hold one value, chosen from its index, so a test can check
 that a script's loader decodes, labels and normalises every image correctly.
 """
+
 import gzip
 import hashlib
 import json
@@ -30,22 +31,46 @@ def write_cifar10(root, md5s):
     """cifar-10-batches-py/: pickled dicts data_batch_1..5, test_batch and batches.meta."""
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    files = [(f"data_batch_{b}", CIFAR_TRAIN_PER_BATCH, (b - 1) * CIFAR_TRAIN_PER_BATCH) for b in range(1, 6)]
+    files = [
+        (f"data_batch_{b}", CIFAR_TRAIN_PER_BATCH, (b - 1) * CIFAR_TRAIN_PER_BATCH)
+        for b in range(1, 6)
+    ]
     files.append(("test_batch", CIFAR_TEST, 0))
     for name, count, first in files:
         indices = range(first, first + count)
-        data = np.array([[pixel_value(i)] * 3072 for i in indices], dtype=np.uint8)  # rows: R, G, B planes
-        batch = {"batch_label": name, "labels": [i % 10 for i in indices], "data": data,
-                 "filenames": [f"image_{i}.png" for i in indices]}
+        data = np.array(
+            [[pixel_value(i)] * 3072 for i in indices], dtype=np.uint8
+        )  # rows: R, G, B planes
+        batch = {
+            "batch_label": name,
+            "labels": [i % 10 for i in indices],
+            "data": data,
+            "filenames": [f"image_{i}.png" for i in indices],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names, "num_vis": 3072}, protocol=2))
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": names, "num_vis": 3072}, protocol=2)
+    )
     md5s.update({path.name: md5(path) for path in folder.iterdir()})
 
 
 def idx_bytes(array):
     """IDX format: zero, zero, type code (8 = unsigned byte), dimension count, sizes, then the data."""
-    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     return header + array.astype(np.uint8).tobytes()
 
 
@@ -65,7 +90,9 @@ def write_mnist_like(root, name, md5s):
 def imdb_review(split, label, index):
     word = "wonderful" if label == "pos" else "terrible"
     # Different lengths, <br /> tags and punctuation, as in the real reviews.
-    return f"Review {index} of the {split} set.<br /><br />A {word} film, truly {word}! " * (1 + index % 4)
+    return f"Review {index} of the {split} set.<br /><br />A {word} film, truly {word}! " * (
+        1 + index % 4
+    )
 
 
 def write_aclimdb(root):

@@ -1,4 +1,5 @@
 """The CIFAR-10 scripts read the official python batches correctly, and their models fit the data."""
+
 import pytest
 import torch
 
@@ -13,7 +14,12 @@ def test_loader_decodes_labels_and_normalises(script, data_dir):
     module = load_script(script)
     (train_x, train_y), (test_x, test_y) = module.load_cifar10(data_dir, torch.device("cpu"))
     n_train = 5 * fixtures.CIFAR_TRAIN_PER_BATCH
-    assert train_x.shape == (n_train, 3, 32, 32) and test_x.shape == (fixtures.CIFAR_TEST, 3, 32, 32)
+    assert train_x.shape == (n_train, 3, 32, 32) and test_x.shape == (
+        fixtures.CIFAR_TEST,
+        3,
+        32,
+        32,
+    )
     assert train_x.dtype == torch.float32
     assert train_y.tolist() == [i % 10 for i in range(n_train)]
     assert test_y.tolist() == [i % 10 for i in range(fixtures.CIFAR_TEST)]
@@ -24,9 +30,14 @@ def test_loader_decodes_labels_and_normalises(script, data_dir):
         assert torch.allclose(train_x[i], expected.expand(3, 32, 32), atol=1e-5)
 
 
-@pytest.mark.parametrize("script, model_name", [("feedforward_1_hid_nn.py", "FeedForwardNet"),
-                                                ("feedforward_3_hid_nn.py", "FeedForwardNet"),
-                                                ("conv_net_cifar.py", "ConvNet")])
+@pytest.mark.parametrize(
+    "script, model_name",
+    [
+        ("feedforward_1_hid_nn.py", "FeedForwardNet"),
+        ("feedforward_3_hid_nn.py", "FeedForwardNet"),
+        ("conv_net_cifar.py", "ConvNet"),
+    ],
+)
 def test_model_maps_images_to_ten_logits(script, model_name):
     model = getattr(load_script(script), model_name)()
     assert model(torch.randn(7, 3, 32, 32)).shape == (7, 10)
@@ -34,9 +45,16 @@ def test_model_maps_images_to_ten_logits(script, model_name):
 
 def test_conv_net_layers_are_as_the_readme_teaches():
     net = load_script("conv_net_cifar.py").ConvNet()
-    convs = [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in (net.conv1, net.conv2, net.conv3)]
+    convs = [
+        (c.in_channels, c.out_channels, c.kernel_size, c.padding)
+        for c in (net.conv1, net.conv2, net.conv3)
+    ]
     assert convs == [(3, 8, (3, 3), (1, 1)), (8, 16, (3, 3), (1, 1)), (16, 24, (3, 3), (1, 1))]
-    assert (net.fc1.in_features, net.fc1.out_features, net.fc2.out_features) == (24 * 8 * 8, 100, 10)
+    assert (net.fc1.in_features, net.fc1.out_features, net.fc2.out_features) == (
+        24 * 8 * 8,
+        100,
+        10,
+    )
 
 
 def test_per_class_accuracy_counts_every_image_once(tmp_path):
@@ -44,7 +62,17 @@ def test_per_class_accuracy_counts_every_image_once(tmp_path):
     labels = torch.tensor([0, 0, 1, 9, 9, 9, 3])  # 7 images: not a multiple of any batch size
     predictions = torch.tensor([0, 1, 1, 9, 9, 2, 3])
     counts = module.confusion_matrix(labels, predictions)
-    assert counts.sum() == 7 and counts[0, 0] == 1 and counts[0, 1] == 1 and counts[9, 9] == 2 and counts[9, 2] == 1
+    assert (
+        counts.sum() == 7
+        and counts[0, 0] == 1
+        and counts[0, 1] == 1
+        and counts[9, 9] == 2
+        and counts[9, 2] == 1
+    )
     per_class = module.report_classes(counts, tmp_path)
-    assert per_class["plane"] == 0.5 and per_class["truck"] == pytest.approx(2 / 3) and per_class["deer"] == 0
+    assert (
+        per_class["plane"] == 0.5
+        and per_class["truck"] == pytest.approx(2 / 3)
+        and per_class["deer"] == 0
+    )
     assert (tmp_path / "confusion_matrix.png").exists()

@@ -1,4 +1,5 @@
 """Bad input gets a one-line error and a non-zero exit, never a traceback."""
+
 import subprocess
 import sys
 
@@ -6,7 +7,13 @@ import pytest
 
 from conftest import REPO, all_scripts, load_script
 
-BAD_FLAGS = [["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "0"], ["--device", "tpu"], ["--epochs", "many"]]
+BAD_FLAGS = [
+    ["--epochs", "0"],
+    ["--lr", "-1"],
+    ["--batch-size", "0"],
+    ["--device", "tpu"],
+    ["--epochs", "many"],
+]
 
 
 @pytest.mark.parametrize("flags", BAD_FLAGS, ids=" ".join)
@@ -22,10 +29,12 @@ def test_bad_flag_values_are_argparse_errors(script, flags, capsys):
 def downloaded_file(script):
     """The file a script downloads first (relative to --data-dir), or None for synthetic data."""
     text = script.read_text()
-    for marker, path in (("CIFAR10", "cifar-10-python.tar.gz"),
-                         ("FashionMNIST", "FashionMNIST/raw/train-images-idx3-ubyte.gz"),
-                         ("MNIST", "MNIST/raw/train-images-idx3-ubyte.gz"),
-                         ("aclImdb", "aclImdb_v1.tar.gz")):
+    for marker, path in (
+        ("CIFAR10", "cifar-10-python.tar.gz"),
+        ("FashionMNIST", "FashionMNIST/raw/train-images-idx3-ubyte.gz"),
+        ("MNIST", "MNIST/raw/train-images-idx3-ubyte.gz"),
+        ("aclImdb", "aclImdb_v1.tar.gz"),
+    ):
         if marker in text:
             return path
     return None
@@ -39,7 +48,9 @@ def run_main_expecting_error(script, data_dir, out_dir):
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(out_dir)])
     message = exit_info.value.code
-    assert isinstance(message, str) and message.startswith("error: "), message  # sys.exit(str): exit status 1
+    assert isinstance(message, str) and message.startswith("error: "), (
+        message
+    )  # sys.exit(str): exit status 1
     assert "\n" not in message
     return message
 
@@ -62,8 +73,13 @@ def test_corrupt_download_fails_its_checksum(script, tmp_path):
 
 def test_no_network_as_a_user_sees_it(script_env, tmp_path):
     """The same, end to end: exit status 1 and one line on stderr, no traceback."""
-    result = subprocess.run([sys.executable, str(REPO / "conv_net_cifar.py"), "--data-dir", str(tmp_path)],
-                            env=script_env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "conv_net_cifar.py"), "--data-dir", str(tmp_path)],
+        env=script_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: could not download CIFAR-10")

@@ -1,21 +1,31 @@
 """The mnist/ scripts read the IDX files correctly; the classifier's split and checkpoint behave."""
+
 import pytest
 import torch
 
 import fixtures
 from conftest import load_script
 
-LOADERS = [("mnist/fc_regression.py", "load_mnist", None),  # pixels in [0, 1], not standardised
-           ("mnist/fc_mnist.py", "load_mnist", (0.1307, 0.3081)),
-           ("mnist/conv_mnist.py", "load_mnist", (0.1307, 0.3081)),
-           ("mnist/fashion_mnist_ffnn.py", "load_fashion_mnist", (0.2860, 0.3530)),
-           ("mnist/fashion_mnist_classifier.py", "load_fashion_mnist", (0.2860, 0.3530))]
+LOADERS = [
+    ("mnist/fc_regression.py", "load_mnist", None),  # pixels in [0, 1], not standardised
+    ("mnist/fc_mnist.py", "load_mnist", (0.1307, 0.3081)),
+    ("mnist/conv_mnist.py", "load_mnist", (0.1307, 0.3081)),
+    ("mnist/fashion_mnist_ffnn.py", "load_fashion_mnist", (0.2860, 0.3530)),
+    ("mnist/fashion_mnist_classifier.py", "load_fashion_mnist", (0.2860, 0.3530)),
+]
 
 
 @pytest.mark.parametrize("script, loader, mean_std", LOADERS)
 def test_loader_decodes_labels_and_normalises(script, loader, mean_std, data_dir):
-    (train_x, train_y), (test_x, test_y) = getattr(load_script(script), loader)(data_dir, torch.device("cpu"))
-    assert train_x.shape == (fixtures.MNIST_TRAIN, 1, 28, 28) and test_x.shape == (fixtures.MNIST_TEST, 1, 28, 28)
+    (train_x, train_y), (test_x, test_y) = getattr(load_script(script), loader)(
+        data_dir, torch.device("cpu")
+    )
+    assert train_x.shape == (fixtures.MNIST_TRAIN, 1, 28, 28) and test_x.shape == (
+        fixtures.MNIST_TEST,
+        1,
+        28,
+        28,
+    )
     assert train_y.tolist() == [i % 10 for i in range(fixtures.MNIST_TRAIN)]
     assert test_y.tolist() == [i % 10 for i in range(fixtures.MNIST_TEST)]
     mean, std = mean_std or (0.0, 1.0)
@@ -32,14 +42,22 @@ def test_conv_mnist_flattens_to_32_features():
 def test_fashion_ffnn_depth_is_a_setting():
     module = load_script("mnist/fashion_mnist_ffnn.py")
     net = module.FeedForwardNet(num_hidden=4, hidden_dim=32, dropout=0.1)
-    assert len(net.hidden) == 4 and len(list(net.parameters())) == 2 * 5  # ModuleList registers every layer
+    assert (
+        len(net.hidden) == 4 and len(list(net.parameters())) == 2 * 5
+    )  # ModuleList registers every layer
     log_probs = net(torch.randn(5, 1, 28, 28))
     assert torch.allclose(log_probs.exp().sum(1), torch.ones(5))
 
 
 def test_regression_rounds_outputs_to_digits():
     module = load_script("mnist/fc_regression.py")
-    assert module.predict_digit(torch.tensor([[-3.0], [0.4], [6.5], [6.6], [12.0]])).tolist() == [0, 0, 6, 7, 9]
+    assert module.predict_digit(torch.tensor([[-3.0], [0.4], [6.5], [6.6], [12.0]])).tolist() == [
+        0,
+        0,
+        6,
+        7,
+        9,
+    ]
     assert module.make_model(0)(torch.randn(2, 1, 28, 28)).shape == (2, 1)
     assert module.make_model(10)[1].out_features == 10
 
@@ -75,8 +93,18 @@ def test_checkpoint_round_trip_gives_identical_predictions(classifier, tmp_path)
 def test_eval_only_reloads_a_trained_checkpoint(classifier, data_dir, tmp_path, capsys):
     classifier.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)])
     trained = capsys.readouterr().out
-    classifier.main(["--eval-only", "--checkpoint", str(tmp_path / "best.pt"), "--dry-run",
-                     "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "eval")])
+    classifier.main(
+        [
+            "--eval-only",
+            "--checkpoint",
+            str(tmp_path / "best.pt"),
+            "--dry-run",
+            "--data-dir",
+            str(data_dir),
+            "--out-dir",
+            str(tmp_path / "eval"),
+        ]
+    )
     reloaded = capsys.readouterr().out
     test_line = [line for line in trained.splitlines() if line.startswith("test loss")]
     assert test_line and test_line[0] in reloaded  # same weights, same test set: the same figures

@@ -1,4 +1,5 @@
 """RNN/: the text pipeline, padding invariance, truncated BPTT, the counting data, --predict."""
+
 import io
 import random
 import re
@@ -26,10 +27,23 @@ def logits_of(script, model, tokens, lengths):
 
 # ---- tokeniser and vocabulary ----
 
+
 @IMDB_SCRIPTS
 def test_tokenize_lowercases_drops_line_breaks_and_splits_punctuation(script):
     assert script.tokenize("Great movie!<br /><br />I LOVED it, didn't you?") == [
-        "great", "movie", "!", "i", "loved", "it", ",", "didn", "'", "t", "you", "?"]
+        "great",
+        "movie",
+        "!",
+        "i",
+        "loved",
+        "it",
+        ",",
+        "didn",
+        "'",
+        "t",
+        "you",
+        "?",
+    ]
     assert script.tokenize("  <br />  ") == []
 
 
@@ -39,11 +53,23 @@ def test_vocab_cut_offs_specials_and_unknown_words(script):
     vocab = script.build_vocab(token_lists, min_freq=2, max_size=100)
     assert vocab == ["<pad>", "<unk>", "good", "bad", "film"]  # "rare" (seen once) is cut
     assert vocab[script.PAD] == "<pad>" and vocab[script.UNK] == "<unk>"
-    assert script.build_vocab(token_lists, min_freq=2, max_size=4) == ["<pad>", "<unk>", "good", "bad"]
+    assert script.build_vocab(token_lists, min_freq=2, max_size=4) == [
+        "<pad>",
+        "<unk>",
+        "good",
+        "bad",
+    ]
     assert script.build_vocab(token_lists, min_freq=1, max_size=100)[-1] == "rare"
     index = {word: i for i, word in enumerate(vocab)}
-    assert script.encode(["good", "unseen", "film"], index, max_len=10).tolist() == [2, script.UNK, 4]
-    assert script.encode(["good", "unseen", "film"], index, max_len=2).tolist() == [script.UNK, 4]  # the end is kept
+    assert script.encode(["good", "unseen", "film"], index, max_len=10).tolist() == [
+        2,
+        script.UNK,
+        4,
+    ]
+    assert script.encode(["good", "unseen", "film"], index, max_len=2).tolist() == [
+        script.UNK,
+        4,
+    ]  # the end is kept
 
 
 @IMDB_SCRIPTS
@@ -62,6 +88,7 @@ def test_batches_pad_with_the_pad_index_and_report_lengths(script):
 
 # ---- padding never changes a prediction ----
 
+
 @IMDB_SCRIPTS
 def test_padding_does_not_change_the_logits(script):
     torch.manual_seed(0)
@@ -69,13 +96,16 @@ def test_padding_does_not_change_the_logits(script):
     review = torch.randint(2, 50, (7,))
     alone = logits_of(script, model, review.unsqueeze(0), torch.tensor([7]))
     longer = [torch.randint(2, 50, (n,)) for n in (40, 90)]
-    batch = torch.nn.utils.rnn.pad_sequence([review, *longer], batch_first=True, padding_value=script.PAD)
+    batch = torch.nn.utils.rnn.pad_sequence(
+        [review, *longer], batch_first=True, padding_value=script.PAD
+    )
     together = logits_of(script, model, batch, torch.tensor([7, 40, 90]))
     assert batch.shape == (3, 90)
     torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-6)
 
 
 # ---- truncated backpropagation through time ----
+
 
 def test_tbptt_cuts_gradients_between_chunks_but_carries_the_state():
     torch.manual_seed(0)
@@ -90,7 +120,9 @@ def test_tbptt_cuts_gradients_between_chunks_but_carries_the_state():
 
     second_logits.sum().backward()
     gradient = model.embedding.weight.grad
-    assert gradient[2:10].abs().sum() == 0, "the second chunk's loss reached the first chunk's embeddings"
+    assert gradient[2:10].abs().sum() == 0, (
+        "the second chunk's loss reached the first chunk's embeddings"
+    )
     assert gradient[10:20].abs().sum() > 0
 
     with torch.no_grad():
@@ -108,13 +140,21 @@ def test_tbptt_takes_one_optimiser_step_per_chunk():
     optimizer.register_step_post_hook(lambda *_: steps_taken.append(1))
     data = [torch.randint(2, 20, (12,)), torch.randint(2, 20, (7,))], torch.tensor([0, 1])
     args = SimpleNamespace(batch_size=2, bptt=5, dry_run=True)
-    loss, accuracy = tbptt.train_one_epoch(model, data, optimizer, args, torch.device("cpu"), nullcontext(),
-                                           torch.Generator().manual_seed(0))
+    loss, accuracy = tbptt.train_one_epoch(
+        model,
+        data,
+        optimizer,
+        args,
+        torch.device("cpu"),
+        nullcontext(),
+        torch.Generator().manual_seed(0),
+    )
     assert len(steps_taken) == 3  # 12 tokens in chunks of 5: 5 + 5 + 2
     assert loss > 0 and accuracy in (0.0, 0.5, 1.0)
 
 
 # ---- the counting data ----
+
 
 def direct_count_label(text):
     counts = Counter(text.split())
@@ -144,6 +184,7 @@ def test_counting_dataset_tokens_and_labels_match():
 
 # ---- checkpoints and --predict ----
 
+
 @pytest.fixture(scope="module", params=IMDB, ids=IMDB_IDS)
 def trained(request, data_dir, tmp_path_factory):
     """A checkpoint written by a --dry-run training on the fixture reviews."""
@@ -162,13 +203,18 @@ def test_checkpoint_loads_with_weights_only(trained):
 
 
 def predicted(output):
-    return [(label, float(p)) for label, p in re.findall(r"^(negative|positive) +([\d.]+) ", output, re.M)]
+    return [
+        (label, float(p))
+        for label, p in re.findall(r"^(negative|positive) +([\d.]+) ", output, re.M)
+    ]
 
 
 def test_predict_round_trip(trained, capsys):
     script, checkpoint = trained
     texts = ["A wonderful film, truly wonderful!", "Terrible. <br />Just terrible."]
-    script.main(["--checkpoint", str(checkpoint)] + [flag for text in texts for flag in ("--predict", text)])
+    script.main(
+        ["--checkpoint", str(checkpoint)] + [flag for text in texts for flag in ("--predict", text)]
+    )
     results = predicted(capsys.readouterr().out)
     # The same model, loaded by hand, gives the same labels and probabilities.
     model, vocab, hyperparameters = script.load_checkpoint(checkpoint, torch.device("cpu"))
@@ -177,7 +223,9 @@ def test_predict_round_trip(trained, capsys):
     for text in texts:
         sequence = script.encode(script.tokenize(text), index, hyperparameters["max_len"])
         with torch.no_grad():
-            probabilities = logits_of(script, model, sequence.unsqueeze(0), torch.tensor([len(sequence)])).softmax(1)[0]
+            probabilities = logits_of(
+                script, model, sequence.unsqueeze(0), torch.tensor([len(sequence)])
+            ).softmax(1)[0]
         expected.append((script.LABELS[probabilities.argmax()], probabilities.max().item()))
     assert [label for label, _ in results] == [label for label, _ in expected]
     assert [p for _, p in results] == pytest.approx([p for _, p in expected], abs=1e-3)
@@ -195,11 +243,17 @@ def test_predict_reads_lines_from_stdin(trained, capsys, monkeypatch):
     assert str(exit_info.value.code).startswith("error: --predict - read no text")
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--predict", "  <br /> "], "nothing to classify"),
-    (["--predict", ""], "nothing to classify"),
-    (["--checkpoint", "no/such/model.pt", "--predict", "good"], "no checkpoint at no/such/model.pt"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--predict", "  <br /> "], "nothing to classify"),
+        (["--predict", ""], "nothing to classify"),
+        (
+            ["--checkpoint", "no/such/model.pt", "--predict", "good"],
+            "no checkpoint at no/such/model.pt",
+        ),
+    ],
+)
 def test_predict_bad_input_is_a_one_line_error(trained, flags, message):
     script, checkpoint = trained
     with pytest.raises(SystemExit) as exit_info:
@@ -209,8 +263,11 @@ def test_predict_bad_input_is_a_one_line_error(trained, flags, message):
 
 # ---- damaged dataset files ----
 
+
 @IMDB_SCRIPTS
-@pytest.mark.parametrize("damage", [b"", b"   \n", b"caf\xe9 (Latin-1, not UTF-8)"], ids=["empty", "blank", "not-utf8"])
+@pytest.mark.parametrize(
+    "damage", [b"", b"   \n", b"caf\xe9 (Latin-1, not UTF-8)"], ids=["empty", "blank", "not-utf8"]
+)
 def test_unreadable_or_empty_review_names_the_file(script, damage, tmp_path):
     fixtures.write_aclimdb(tmp_path)
     broken = tmp_path / "aclImdb" / "train" / "pos" / "3_9.txt"

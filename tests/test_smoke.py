@@ -1,4 +1,5 @@
 """Run every script as a user would: a subprocess with --dry-run on the fixture data, offline."""
+
 import json
 import os
 import re
@@ -14,11 +15,25 @@ from conftest import REPO, all_scripts
 @pytest.fixture(scope="module")
 def dry_runs(data_dir, script_env, tmp_path_factory):
     """Every script's dry run, as many at once as there are CPU cores (most of each run is importing torch)."""
+
     def run(script):
         work_dir = tmp_path_factory.mktemp(script.stem)
-        result = subprocess.run([sys.executable, str(script), "--dry-run", "--data-dir", str(data_dir),
-                                 "--out-dir", str(work_dir / "out")],
-                                cwd=work_dir, env=script_env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                "--dry-run",
+                "--data-dir",
+                str(data_dir),
+                "--out-dir",
+                str(work_dir / "out"),
+            ],
+            cwd=work_dir,
+            env=script_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         return result, work_dir / "out"
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -31,7 +46,9 @@ def test_dry_run(script, dry_runs):
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^device: (cpu|cuda|mps)", result.stdout, re.M), result.stdout
     # One line per epoch with loss, accuracy and time.
-    assert re.search(r"^epoch +1 .*loss [\d.]+.* acc [\d.]+.* time [\d.]+s", result.stdout, re.M), result.stdout
+    assert re.search(r"^epoch +1 .*loss [\d.]+.* acc [\d.]+.* time [\d.]+s", result.stdout, re.M), (
+        result.stdout
+    )
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["history"] and all("seconds" in epoch for epoch in metrics["history"])

@@ -7,6 +7,7 @@ torchvision's own lists, so each script runs its normal code path (checks includ
 This module has its own name so that the tests can import it even on a Python whose
 own sitecustomize is already loaded (Debian's and Ubuntu's /usr/bin/python3 have one).
 """
+
 import json
 import os
 
