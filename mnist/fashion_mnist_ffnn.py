@@ -318,7 +318,9 @@ def add_common_flags(p, data):
         "--data-dir",
         type=Path,
         default=TOP / "data",
-        help=f"folder holding (or receiving) {data} (default: {TOP / 'data'})",
+        help=f"folder holding (or receiving) {data} (default: {TOP / 'data'})"
+        if data
+        else "unused: this script generates its data (the flag is kept so all scripts take the same)",
     )
     add(
         "--out-dir",
