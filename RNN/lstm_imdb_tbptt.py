@@ -480,7 +480,7 @@ def add_common_flags(p, data):
         default=TOP / "data",
         help=f"folder holding (or receiving) {data} (default: {TOP / 'data'})"
         if data
-        else "unused: this script generates its data (the flag is kept so all scripts take the same)",
+        else "unused: this script makes its data (kept so that every script takes the same flags)",
     )
     add(
         "--out-dir",
