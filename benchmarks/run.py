@@ -156,7 +156,10 @@ def benchmark(script, floor, target, args, work_dir):
     to_floor = [seconds_to_floor(m["history"], floor) for m, _, _ in runs] if floor else []
     gpu_memory = [m.get("peak_gpu_memory_mb") or 0 for m, _, _ in runs]
     result = dict(
-        script=script, floor=floor, target_seconds=target, runs=args.repeats,
+        script=script,
+        floor=floor,
+        target_seconds=target,
+        runs=args.repeats,
         accuracy=statistics.median(headline(m) for m, _, _ in runs),
         eval_split=metrics["eval_split"],
         epochs=metrics["epochs"],
@@ -164,9 +167,14 @@ def benchmark(script, floor, target, args, work_dir):
         train_seconds=statistics.median(m["train_seconds"] for m, _, _ in runs),
         epoch_seconds=statistics.median(e["seconds"] for m, _, _ in runs for e in m["history"]),
         seconds_to_floor=None if None in to_floor or not to_floor else statistics.median(to_floor),
-        peak_rss_mb=max(rss for _, _, rss in runs), peak_gpu_memory_mb=max(gpu_memory) or None,
-        device=metrics["device"], gpu=metrics.get("gpu"), precision=metrics["precision"],
-        torch=metrics["torch"], threads=metrics["threads"])  # fmt: skip
+        peak_rss_mb=max(rss for _, _, rss in runs),
+        peak_gpu_memory_mb=max(gpu_memory) or None,
+        device=metrics["device"],
+        gpu=metrics.get("gpu"),
+        precision=metrics["precision"],
+        torch=metrics["torch"],
+        threads=metrics["threads"],
+    )
     result["floor_met"] = floor is None or result["accuracy"] >= floor
     result["time_met"] = target is None or (
         result["seconds_to_floor"] is not None and result["seconds_to_floor"] <= target

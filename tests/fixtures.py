@@ -67,7 +67,7 @@ def write_cifar10(root, md5s):
 
 
 def idx_bytes(array):
-    """IDX format: zero, zero, type code (8 = unsigned byte), dimension count, sizes, then the data."""
+    """IDX format: zero, zero, type code (8 = unsigned byte), dimension count, sizes, data."""
     header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(
         f">{array.ndim}I", *array.shape
     )
@@ -81,7 +81,7 @@ def write_mnist_like(root, name, md5s):
     for prefix, count in (("train", MNIST_TRAIN), ("t10k", MNIST_TEST)):
         images = np.stack([np.full((28, 28), pixel_value(i)) for i in range(count)])
         labels = np.arange(count) % 10
-        for kind, array in ((f"images-idx3", images), (f"labels-idx1", labels)):
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
             path = raw / f"{prefix}-{kind}-ubyte.gz"
             path.write_bytes(gzip.compress(idx_bytes(array), mtime=0))
             md5s[path.name] = md5(path)

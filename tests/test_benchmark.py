@@ -1,8 +1,10 @@
 """benchmarks/run.py: runs a script as a user would, records what it promises, checks the floor."""
 
 import json
-import subprocess
 import sys
+from types import SimpleNamespace
+
+import pytest
 
 from conftest import REPO, all_scripts, load_script
 
@@ -25,39 +27,50 @@ def test_seconds_to_floor_counts_training_time_up_to_the_first_epoch_at_the_floo
     assert benchmark.seconds_to_floor([dict(seconds=1.5, val_accuracy=0.9)], 0.88) == 1.5
 
 
-def test_benchmark_run_end_to_end(data_dir, script_env, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "run.py"),
-            "--data-dir",
-            str(data_dir),
-            "--only",
-            "mnist/fc_mnist.py",
-            "--results-dir",
-            str(tmp_path),
-        ],
-        env=script_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.mark.parametrize("floor, passes", [(0.0, True), (1.01, False)])
+def test_benchmark_run_end_to_end(floor, passes, data_dir, script_env, tmp_path, monkeypatch):
+    """Runs a script as a subprocess, writes JSON and Markdown, and its exit status says whether
+    the floor was met (the floor is set here, so both outcomes are checked)."""
+    for name in ("FIXTURE_MD5S", "PYTHONPATH"):
+        monkeypatch.setenv(name, script_env[name])
+    monkeypatch.setattr(benchmark, "TARGETS", [("mnist/fc_mnist.py", floor, 60)])
+    argv = [
+        "--data-dir",
+        str(data_dir),
+        "--only",
+        "mnist/fc_mnist.py",
+        "--results-dir",
+        str(tmp_path),
+    ]
+    if passes:
+        benchmark.main(argv)
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(argv)
+        assert exit_info.value.code == "error: below the accuracy floor: mnist/fc_mnist.py"
     saved = json.loads((tmp_path / "results-cpu.json").read_text())
     (row,) = saved["results"]
     assert row["script"] == "mnist/fc_mnist.py" and row["device"] == "cpu" and row["threads"] >= 1
-    assert 0 <= row["test_accuracy"] <= 1 and row["wall_seconds"] > row["train_seconds"] > 0
+    assert row["eval_split"] == "test" and row["precision"] in ("fp32", "bf16")
+    assert 0 <= row["accuracy"] <= 1 and row["wall_seconds"] > row["train_seconds"] > 0
     assert (
         100 < row["peak_rss_mb"] < 3 * 1024
     )  # the script's own process: torch alone is a few hundred MB
-    assert saved["machine"]["cpu"] and saved["machine"]["cores"] >= 1
+    assert (
+        saved["machine"]["cpu"] and saved["machine"]["cores"] >= 1 and "gpu" not in saved["machine"]
+    )
     table = (tmp_path / "results-cpu.md").read_text()
-    assert "| `mnist/fc_mnist.py` |" in table
-    # A tiny fixture rarely reaches the real floor; either way, the exit status must say which.
-    if row["floor_met"]:
-        assert result.returncode == 0, result.stderr
-    else:
-        assert (
-            result.returncode == 1
-            and "below the accuracy floor: mnist/fc_mnist.py" in result.stderr
-        )
-        assert "**missed**" in table
+    assert "| `mnist/fc_mnist.py` |" in table and ("**missed**" in table) != passes
+
+
+def test_headline_figure_follows_eval_split():
+    assert benchmark.headline(dict(eval_split="val", val_accuracy=0.9)) == 0.9
+    assert benchmark.headline(dict(eval_split="test", test_accuracy=0.8, val_accuracy=0.9)) == 0.8
+
+
+def test_peak_memory_units_per_platform(monkeypatch):
+    usage = SimpleNamespace(ru_maxrss=2 * 2**20)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert benchmark.peak_rss_mb(usage) == 2048  # kilobytes
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert benchmark.peak_rss_mb(usage) == 2  # bytes

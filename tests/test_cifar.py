@@ -1,4 +1,4 @@
-"""The CIFAR-10 scripts read the official python batches correctly, and their models fit the data."""
+"""The CIFAR-10 scripts read the official python batches correctly; their models fit the data."""
 
 import pytest
 import torch
@@ -23,7 +23,7 @@ def test_loader_decodes_labels_and_normalises(script, data_dir):
     assert train_x.dtype == torch.float32
     assert train_y.tolist() == [i % 10 for i in range(n_train)]
     assert test_y.tolist() == [i % 10 for i in range(fixtures.CIFAR_TEST)]
-    # Every pixel of image i holds pixel_value(i); each channel is normalised with its own mean and std.
+    # Every pixel of image i holds pixel_value(i); each channel is normalised by its own mean, std.
     mean, std = torch.tensor(module.MEAN).view(3, 1, 1), torch.tensor(module.STD).view(3, 1, 1)
     for i in (0, 1, n_train - 1):
         expected = (fixtures.pixel_value(i) / 255 - mean) / std

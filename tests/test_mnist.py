@@ -1,34 +1,34 @@
 """The mnist/ scripts read the IDX files correctly; the classifier's split and checkpoint behave."""
 
+import json
+
 import pytest
 import torch
 
 import fixtures
 from conftest import load_script
 
+# Every script's loader, and whether it standardises with its own MEAN and STD.
 LOADERS = [
-    ("mnist/fc_regression.py", "load_mnist", None),  # pixels in [0, 1], not standardised
-    ("mnist/fc_mnist.py", "load_mnist", (0.1307, 0.3081)),
-    ("mnist/conv_mnist.py", "load_mnist", (0.1307, 0.3081)),
-    ("mnist/fashion_mnist_ffnn.py", "load_fashion_mnist", (0.2860, 0.3530)),
-    ("mnist/fashion_mnist_classifier.py", "load_fashion_mnist", (0.2860, 0.3530)),
+    ("mnist/fc_regression.py", "load_mnist", False),  # pixels in [0, 1], not standardised
+    ("mnist/fc_mnist.py", "load_mnist", True),
+    ("mnist/conv_mnist.py", "load_mnist", True),
+    ("mnist/fashion_mnist_ffnn.py", "load_fashion_mnist", True),
+    ("mnist/fashion_mnist_classifier.py", "load_fashion_mnist", True),
 ]
 
 
-@pytest.mark.parametrize("script, loader, mean_std", LOADERS)
-def test_loader_decodes_labels_and_normalises(script, loader, mean_std, data_dir):
-    (train_x, train_y), (test_x, test_y) = getattr(load_script(script), loader)(
-        data_dir, torch.device("cpu")
-    )
-    assert train_x.shape == (fixtures.MNIST_TRAIN, 1, 28, 28) and test_x.shape == (
-        fixtures.MNIST_TEST,
-        1,
-        28,
-        28,
-    )
+@pytest.mark.parametrize("script, loader, standardised", LOADERS)
+def test_loader_decodes_labels_and_normalises(script, loader, standardised, data_dir):
+    module = load_script(script)
+    (train_x, train_y), (test_x, test_y) = getattr(module, loader)(data_dir, torch.device("cpu"))
+    assert train_x.shape == (fixtures.MNIST_TRAIN, 1, 28, 28)
+    assert test_x.shape == (fixtures.MNIST_TEST, 1, 28, 28)
     assert train_y.tolist() == [i % 10 for i in range(fixtures.MNIST_TRAIN)]
     assert test_y.tolist() == [i % 10 for i in range(fixtures.MNIST_TEST)]
-    mean, std = mean_std or (0.0, 1.0)
+    mean, std = (module.MEAN, module.STD) if standardised else (0.0, 1.0)
+    if standardised:  # the statistics of the real training pixels, as published
+        assert (round(module.MEAN, 2), round(module.STD, 2)) in ((0.13, 0.31), (0.29, 0.35))
     for i in (0, 1, 7):
         expected = (fixtures.pixel_value(i) / 255 - mean) / std
         assert torch.allclose(train_x[i], torch.full((1, 28, 28), expected), atol=1e-5)
@@ -92,7 +92,8 @@ def test_checkpoint_round_trip_gives_identical_predictions(classifier, tmp_path)
 
 def test_eval_only_reloads_a_trained_checkpoint(classifier, data_dir, tmp_path, capsys):
     classifier.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)])
-    trained = capsys.readouterr().out
+    trained = json.loads((tmp_path / "metrics.json").read_text())
+    before = (tmp_path / "metrics.json").read_bytes()
     classifier.main(
         [
             "--eval-only",
@@ -102,12 +103,15 @@ def test_eval_only_reloads_a_trained_checkpoint(classifier, data_dir, tmp_path, 
             "--data-dir",
             str(data_dir),
             "--out-dir",
-            str(tmp_path / "eval"),
+            str(tmp_path),
         ]
     )
-    reloaded = capsys.readouterr().out
-    test_line = [line for line in trained.splitlines() if line.startswith("test loss")]
-    assert test_line and test_line[0] in reloaded  # same weights, same test set: the same figures
+    assert (tmp_path / "metrics.json").read_bytes() == before  # the training record is left alone
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert evaluation["history"] == [] and evaluation["checkpoint"] == str(tmp_path / "best.pt")
+    # Same weights, same test set: the same figures.
+    assert evaluation["test_accuracy"] == trained["test_accuracy"]
+    assert evaluation["test_loss"] == pytest.approx(trained["test_loss"])
 
 
 def test_eval_only_without_checkpoint_is_a_clear_error(classifier, capsys, tmp_path):
@@ -117,3 +121,21 @@ def test_eval_only_without_checkpoint_is_a_clear_error(classifier, capsys, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         classifier.load_checkpoint(tmp_path / "missing.pt", torch.device("cpu"))
     assert str(exit_info.value.code).startswith("error: no checkpoint at")
+
+
+@pytest.mark.parametrize("content", ["empty", "another script's", "not torch"])
+def test_a_bad_checkpoint_is_a_one_line_error(classifier, content, tmp_path):
+    path = tmp_path / "bad.pt"
+    if content == "empty":
+        path.write_bytes(b"")
+    elif content == "not torch":
+        path.write_text("hello")
+    else:  # a valid torch file of other contents (an IMDB checkpoint, say)
+        torch.save({"model": {}, "vocab": ["<pad>"], "hyperparameters": {"model": {}}}, path)
+    with pytest.raises(SystemExit) as exit_info:
+        classifier.load_checkpoint(path, torch.device("cpu"))
+    message = str(exit_info.value.code)
+    assert (
+        message.startswith(f"error: {path} is not a checkpoint of this script (")
+        and "\n" not in message
+    )

@@ -72,18 +72,22 @@ def test_vocab_cut_offs_specials_and_unknown_words(script):
     ]  # the end is kept
 
 
-@IMDB_SCRIPTS
+@pytest.mark.parametrize("script", [imdb, tbptt, chars], ids=IMDB_IDS + ["counting_chars"])
 def test_batches_pad_with_the_pad_index_and_report_lengths(script):
     sequences = [torch.arange(2, 2 + n) for n in (3, 9, 5, 4)]
     batches = list(script.batches(sequences, torch.tensor([0, 1, 0, 1]), batch_size=2))
     seen = []
-    for tokens, lengths, labels in batches:
+    for tokens, lengths, _ in batches:
         for row, length in zip(tokens, lengths):
             assert (row[length:] == script.PAD).all() and (row[:length] != script.PAD).all()
             seen.append(length.item())
     assert sorted(seen) == [3, 4, 5, 9]
     assert [len(batch[1]) for batch in batches] == [2, 2]
     assert batches[0][1].max() <= batches[1][1].min()  # bucketing: short reviews together
+    shuffled = list(
+        script.batches(sequences, torch.tensor([0, 1, 0, 1]), 2, torch.Generator().manual_seed(0))
+    )
+    assert sorted(n for batch in shuffled for n in batch[1].tolist()) == [3, 4, 5, 9]  # each once
 
 
 # ---- padding never changes a prediction ----
@@ -107,29 +111,46 @@ def test_padding_does_not_change_the_logits(script):
 # ---- truncated backpropagation through time ----
 
 
+def tbptt_epoch(model, data, optimizer, bptt=5):
+    args = SimpleNamespace(batch_size=len(data[0]), bptt=bptt)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    generator = torch.Generator().manual_seed(0)
+    return tbptt.train_one_epoch(
+        model, data, optimizer, scaler, nullcontext(), args, torch.device("cpu"), generator
+    )
+
+
 def test_tbptt_cuts_gradients_between_chunks_but_carries_the_state():
     torch.manual_seed(0)
     model = tbptt.SentimentLSTM(vocab_size=20, embedding=8, hidden=16, dropout=0.0)
     # Chunk 1 (tokens 0-4) uses word ids 2-9 only, chunk 2 (tokens 5-9) ids 10-19 only.
     tokens = torch.cat([torch.randint(2, 10, (2, 5)), torch.randint(10, 20, (2, 5))], dim=1)
-    lengths = torch.tensor([10, 10])
-    steps = tbptt.chunks(model, tokens, lengths, bptt=5, autocast=nullcontext())
-    first_logits, _, first_ending = next(steps)
-    second_logits, second_active, second_ending = next(steps)
-    assert not first_ending.any() and second_active.all() and second_ending.all()
-
-    second_logits.sum().backward()
-    gradient = model.embedding.weight.grad
-    assert gradient[2:10].abs().sum() == 0, (
+    gradients = []  # the embedding gradient at each optimiser step: after each chunk's backward
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer.register_step_pre_hook(
+        lambda *_: gradients.append(model.embedding.weight.grad.clone())
+    )
+    tbptt_epoch(model, (list(tokens), torch.tensor([0, 1])), optimizer)
+    assert len(gradients) == 2
+    assert gradients[0][10:20].abs().sum() == 0 and gradients[0][2:10].abs().sum() > 0
+    assert gradients[1][2:10].abs().sum() == 0, (
         "the second chunk's loss reached the first chunk's embeddings"
     )
-    assert gradient[10:20].abs().sum() > 0
+    assert gradients[1][10:20].abs().sum() > 0
 
+    # The state's values do carry over: chunk by chunk equals one pass over the whole reviews.
+    lengths = torch.tensor([10, 10])
     with torch.no_grad():
-        whole, _ = model(tokens, lengths)  # one pass over all 10 tokens
+        whole, _ = model(tokens, lengths)
+        _, state = model(tokens[:, :5], torch.tensor([5, 5]))
+        second, _ = model(tokens[:, 5:], torch.tensor([5, 5]), tbptt.repackage_hidden(state))
         second_from_zero, _ = model(tokens[:, 5:], torch.tensor([5, 5]))
-    torch.testing.assert_close(second_logits.detach(), whole)  # the state's values did carry over
-    assert not torch.allclose(second_logits.detach(), second_from_zero)
+    torch.testing.assert_close(second, whole)
+    assert not torch.allclose(second, second_from_zero)
+    assert all(
+        not s.requires_grad
+        for s in tbptt.repackage_hidden(tuple(s.requires_grad_() for s in state))
+    )
 
 
 def test_tbptt_takes_one_optimiser_step_per_chunk():
@@ -139,18 +160,22 @@ def test_tbptt_takes_one_optimiser_step_per_chunk():
     steps_taken = []
     optimizer.register_step_post_hook(lambda *_: steps_taken.append(1))
     data = [torch.randint(2, 20, (12,)), torch.randint(2, 20, (7,))], torch.tensor([0, 1])
-    args = SimpleNamespace(batch_size=2, bptt=5, dry_run=True)
-    loss, accuracy = tbptt.train_one_epoch(
-        model,
-        data,
-        optimizer,
-        args,
-        torch.device("cpu"),
-        nullcontext(),
-        torch.Generator().manual_seed(0),
-    )
+    loss, accuracy = tbptt_epoch(model, data, optimizer)
     assert len(steps_taken) == 3  # 12 tokens in chunks of 5: 5 + 5 + 2
     assert loss > 0 and accuracy in (0.0, 0.5, 1.0)
+
+
+def test_tbptt_train_figures_are_read_at_each_reviews_end():
+    """So that the train curve compares with the validation curve (whole reviews, at their end)."""
+    torch.manual_seed(0)
+    model = tbptt.SentimentLSTM(vocab_size=20, embedding=8, hidden=16, dropout=0.0)
+    data = [torch.randint(2, 20, (12,)), torch.randint(2, 20, (7,))], torch.tensor([0, 1])
+    loss, accuracy = tbptt_epoch(model.eval(), data, torch.optim.SGD(model.parameters(), lr=0.0))
+    with torch.no_grad():
+        expected_loss, expected_accuracy = tbptt.evaluate(
+            model, data, nullcontext(), torch.device("cpu")
+        )
+    assert loss == pytest.approx(expected_loss, rel=1e-5) and accuracy == expected_accuracy
 
 
 # ---- the counting data ----
@@ -276,3 +301,20 @@ def test_unreadable_or_empty_review_names_the_file(script, damage, tmp_path):
         script.main(["--dry-run", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")])
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and str(broken) in message and "\n" not in message
+
+
+@IMDB_SCRIPTS
+@pytest.mark.parametrize("content", ["empty", "another script's"])
+def test_predict_with_a_bad_checkpoint_is_a_one_line_error(script, content, tmp_path):
+    path = tmp_path / "model.pt"
+    if content == "empty":
+        path.write_bytes(b"")
+    else:  # a FashionMNIST classifier's checkpoint: a valid torch file, other keys
+        torch.save({"model": {}, "hyperparameters": {"hidden_sizes": [4], "dropout": 0.2}}, path)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--checkpoint", str(path), "--predict", "A fine film."])
+    message = str(exit_info.value.code)
+    assert (
+        message.startswith(f"error: {path} is not a checkpoint of this script (")
+        and "\n" not in message
+    )

@@ -14,7 +14,7 @@ from conftest import REPO, all_scripts
 
 @pytest.fixture(scope="module")
 def dry_runs(data_dir, script_env, tmp_path_factory):
-    """Every script's dry run, as many at once as there are CPU cores (most of each run is importing torch)."""
+    """Every script's dry run, as many at once as there are cores (mostly importing torch)."""
 
     def run(script):
         work_dir = tmp_path_factory.mktemp(script.stem)
@@ -44,13 +44,19 @@ def dry_runs(data_dir, script_env, tmp_path_factory):
 def test_dry_run(script, dry_runs):
     result, out_dir = dry_runs[script]
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"^device: (cpu|cuda|mps)", result.stdout, re.M), result.stdout
+    assert re.search(
+        r"^device: (cpu|cuda|mps) \(.*\); precision: (fp32|bf16|fp16) \(.+\)$", result.stdout, re.M
+    )
     # One line per epoch with loss, accuracy and time.
     assert re.search(r"^epoch +1 .*loss [\d.]+.* acc [\d.]+.* time [\d.]+s", result.stdout, re.M), (
         result.stdout
     )
+    assert "\r" not in result.stderr, "a progress bar wrote carriage returns into a log"
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    split = metrics["eval_split"]  # test_* keys hold test-set figures only
+    assert split in ("test", "val") and 0.0 <= metrics[f"{split}_accuracy"] <= 1.0
+    assert ("test_accuracy" in metrics) == (split == "test")
+    assert metrics["precision"] in ("fp32", "bf16", "fp16") and metrics["script"] == script.name
     assert metrics["history"] and all("seconds" in epoch for epoch in metrics["history"])
     pngs = sorted(out_dir.glob("*.png"))
     assert pngs, "no PNG written"
