@@ -396,8 +396,10 @@ def write_metrics(args, device, precision, history, name="metrics.json", **resul
     if device.type == "cuda":
         metrics["gpu"] = torch.cuda.get_device_name()
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    metrics.update(epochs=len(history), eval_split=split, **results)
-    metrics.update(train_seconds=sum(h["seconds"] for h in history), history=history)
+    metrics.update(eval_split=split, **results)
+    if history:  # a training run (--eval-only trains nothing, so it records no epochs)
+        metrics.update(epochs=len(history), train_seconds=sum(h["seconds"] for h in history))
+        metrics["history"] = history
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / name).write_text(json.dumps(metrics, indent=2))
     print(f"{split} accuracy {results[f'{split}_accuracy']:.4f}; results in {args.out_dir}")
