@@ -29,19 +29,23 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# script, accuracy floor, and the training seconds it should take to reach it on a 2-core CPU
+# script, accuracy floor, the training seconds it should take to reach it on a 2-core CPU, and
+# (for the DDP script) how many processes torchrun starts; None: plain `python SCRIPT`.
 TARGETS = [
-    ("mnist/fc_mnist.py", 0.90, 2),
-    ("mnist/conv_mnist.py", 0.985, 60),
-    ("mnist/fashion_mnist_ffnn.py", 0.88, 30),
-    ("mnist/fashion_mnist_classifier.py", 0.87, 30),
-    ("mnist/fc_regression.py", None, None),  # shows a plateau on purpose: no floor
-    ("conv_net_cifar.py", 0.67, 30),
-    ("feedforward_1_hid_nn.py", 0.48, 20),
-    ("feedforward_3_hid_nn.py", 0.51, 20),
-    ("RNN/lstm_net_counting_chars.py", 0.88, 30),
-    ("RNN/lstm_imdb.py", 0.87, 600),
-    ("RNN/lstm_imdb_tbptt.py", 0.85, 600),
+    ("mnist/fc_mnist.py", 0.90, 2, None),
+    ("mnist/conv_mnist.py", 0.985, 60, None),
+    ("mnist/fashion_mnist_ffnn.py", 0.88, 30, None),
+    ("mnist/fashion_mnist_classifier.py", 0.87, 30, None),
+    ("mnist/fc_regression.py", None, None, None),  # shows a plateau on purpose: no floor
+    ("conv_net_cifar.py", 0.67, 30, None),
+    ("feedforward_1_hid_nn.py", 0.48, 20, None),
+    ("feedforward_3_hid_nn.py", 0.51, 20, None),
+    ("RNN/lstm_net_counting_chars.py", 0.88, 30, None),
+    ("RNN/lstm_imdb.py", 0.87, 600, None),
+    ("RNN/lstm_imdb_tbptt.py", 0.85, 600, None),
+    ("transformer/transformer_imdb.py", 0.88, 600, None),
+    ("distributed/conv_net_cifar_ddp.py", 0.67, 30, 1),
+    ("distributed/conv_net_cifar_ddp.py", 0.67, 30, 2),
 ]
 
 
@@ -65,7 +69,7 @@ def parse_args(argv=None):
         "--only",
         nargs="+",
         metavar="NAME",
-        choices=[name for name, _, _ in TARGETS],
+        choices=sorted({name for name, *_ in TARGETS}),
         help="run only these scripts (paths as listed in TARGETS)",
     )
     add("--repeats", type=int, default=1, help="runs per script; times are medians (default 1)")
@@ -104,10 +108,15 @@ def peak_rss_mb(usage):
     return usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
-def run_once(script, args, out_dir, log_path):
-    """Run one script; return its metrics.json, wall seconds and peak RSS in MB (of its process)."""
+def run_once(script, processes, args, out_dir, log_path):
+    """Run one script; return its metrics.json, wall seconds and peak RSS in MB (of its process,
+    or under torchrun of the largest of torchrun and its workers)."""
+    launcher = [sys.executable]
+    if processes:  # torchrun, as `python -m`: the same Python and environment as this one
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+        launcher.append(str(processes))
     command = [
-        sys.executable,
+        *launcher,
         str(REPO / script),
         "--data-dir",
         str(args.data_dir),
@@ -147,16 +156,17 @@ def seconds_to_floor(history, floor):
     return None
 
 
-def benchmark(script, floor, target, args, work_dir):
+def benchmark(script, floor, target, processes, args, work_dir):
     runs = []
     for repeat in range(args.repeats):
-        out_dir = work_dir / f"{Path(script).stem}-{repeat}"
-        runs.append(run_once(script, args, out_dir, work_dir / f"{Path(script).stem}-{repeat}.log"))
+        name = f"{Path(script).stem}-{processes or 0}-{repeat}"
+        runs.append(run_once(script, processes, args, work_dir / name, work_dir / f"{name}.log"))
     metrics = runs[-1][0]
     to_floor = [seconds_to_floor(m["history"], floor) for m, _, _ in runs] if floor else []
     gpu_memory = [m.get("peak_gpu_memory_mb") or 0 for m, _, _ in runs]
     result = dict(
         script=script,
+        processes=processes,
         floor=floor,
         target_seconds=target,
         runs=args.repeats,
@@ -210,8 +220,11 @@ def markdown(results, info, date):
         else:
             over = "" if r["time_met"] else " over"
             to_floor = f"{r['seconds_to_floor']:.1f} s ({r['target_seconds']} s){over}"
+        name = f"`{r['script']}`"
+        if r.get("processes"):
+            name += f" (torchrun, {r['processes']} process{'es' if r['processes'] > 1 else ''})"
         row = (
-            f"| `{r['script']}` | {accuracy} | {floor} | {to_floor} | {r['epoch_seconds']:.1f} "
+            f"| {name} | {accuracy} | {floor} | {to_floor} | {r['epoch_seconds']:.1f} "
             f"| {r['epochs']} | {r['wall_seconds']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GB |"
         )
         if gpu_column:
@@ -225,9 +238,10 @@ def main(argv=None):
     chosen = [t for t in TARGETS if args.only is None or t[0] in args.only]
     results = []
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
-        for script, floor, target in chosen:
-            print(f"running {script} ...", flush=True)
-            result = benchmark(script, floor, target, args, Path(work))
+        for script, floor, target, processes in chosen:
+            launch = f" under torchrun with {processes} processes" if processes else ""
+            print(f"running {script}{launch} ...", flush=True)
+            result = benchmark(script, floor, target, processes, args, Path(work))
             results.append(result)
             to_floor = result["seconds_to_floor"]
             print(

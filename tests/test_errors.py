@@ -38,6 +38,8 @@ DOWNLOADS = {
     "mnist/fashion_mnist_classifier.py": "FashionMNIST/raw/train-images-idx3-ubyte.gz",
     "RNN/lstm_imdb.py": "aclImdb_v1.tar.gz",
     "RNN/lstm_imdb_tbptt.py": "aclImdb_v1.tar.gz",
+    "transformer/transformer_imdb.py": "aclImdb_v1.tar.gz",
+    "distributed/conv_net_cifar_ddp.py": "cifar-10-python.tar.gz",
 }
 MAKES_ITS_DATA = {"RNN/lstm_net_counting_chars.py"}
 DOWNLOADERS = [REPO / name for name in DOWNLOADS]

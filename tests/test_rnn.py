@@ -1,4 +1,5 @@
-"""RNN/: the text pipeline, padding invariance, truncated BPTT, the counting data, --predict."""
+"""RNN/ and the Transformer's IMDB pipeline: tokens, vocabulary, padding invariance, truncated BPTT,
+the counting data, checkpoints and --predict. (Attention itself: test_transformer.py.)"""
 
 import io
 import random
@@ -16,7 +17,10 @@ from conftest import load_script
 chars = load_script("RNN/lstm_net_counting_chars.py")
 imdb = load_script("RNN/lstm_imdb.py")
 tbptt = load_script("RNN/lstm_imdb_tbptt.py")
-IMDB, IMDB_IDS = [imdb, tbptt], ["lstm_imdb", "lstm_imdb_tbptt"]
+transformer = load_script("transformer/transformer_imdb.py")
+# Every script reading IMDB: the same pipeline, checkpoints and --predict
+IMDB = [imdb, tbptt, transformer]
+IMDB_IDS = ["lstm_imdb", "lstm_imdb_tbptt", "transformer_imdb"]
 IMDB_SCRIPTS = pytest.mark.parametrize("script", IMDB, ids=IMDB_IDS)
 
 
@@ -50,29 +54,29 @@ def test_tokenize_lowercases_drops_line_breaks_and_splits_punctuation(script):
 @IMDB_SCRIPTS
 def test_vocab_cut_offs_specials_and_unknown_words(script):
     token_lists = [["good", "good", "bad", "film"], ["good", "bad", "rare"], ["film", "bad"]]
+    specials = script.build_vocab([], min_freq=1, max_size=100)  # <pad>, <unk> (, <cls>)
     vocab = script.build_vocab(token_lists, min_freq=2, max_size=100)
-    assert vocab == ["<pad>", "<unk>", "good", "bad", "film"]  # "rare" (seen once) is cut
+    assert vocab == specials + ["good", "bad", "film"]  # "rare" (seen once) is cut
     assert vocab[script.PAD] == "<pad>" and vocab[script.UNK] == "<unk>"
-    assert script.build_vocab(token_lists, min_freq=2, max_size=4) == [
-        "<pad>",
-        "<unk>",
+    assert script.build_vocab(token_lists, min_freq=2, max_size=len(specials) + 2) == specials + [
         "good",
         "bad",
     ]
     assert script.build_vocab(token_lists, min_freq=1, max_size=100)[-1] == "rare"
     index = {word: i for i, word in enumerate(vocab)}
+    good, film = index["good"], index["film"]
     assert script.encode(["good", "unseen", "film"], index, max_len=10).tolist() == [
-        2,
+        good,
         script.UNK,
-        4,
+        film,
     ]
     assert script.encode(["good", "unseen", "film"], index, max_len=2).tolist() == [
         script.UNK,
-        4,
+        film,
     ]  # the end is kept
 
 
-@pytest.mark.parametrize("script", [imdb, tbptt, chars], ids=IMDB_IDS + ["counting_chars"])
+@pytest.mark.parametrize("script", [*IMDB, chars], ids=IMDB_IDS + ["counting_chars"])
 def test_batches_pad_with_the_pad_index_and_report_lengths(script):
     sequences = [torch.arange(2, 2 + n) for n in (3, 9, 5, 4)]
     batches = list(script.batches(sequences, torch.tensor([0, 1, 0, 1]), batch_size=2))
@@ -93,7 +97,7 @@ def test_batches_pad_with_the_pad_index_and_report_lengths(script):
 # ---- padding never changes a prediction ----
 
 
-@IMDB_SCRIPTS
+@pytest.mark.parametrize("script", [imdb, tbptt], ids=IMDB_IDS[:2])
 def test_padding_does_not_change_the_logits(script):
     torch.manual_seed(0)
     model = script.SentimentLSTM(vocab_size=50, embedding=8, hidden=16).eval()

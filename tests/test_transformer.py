@@ -1,0 +1,136 @@
+"""transformer/: the attention written out, padding invariance, what --predict and training show.
+
+The IMDB pipeline, checkpoints and --predict's errors are tested with the LSTMs' in test_rnn.py.
+"""
+
+import math
+import re
+
+import pytest
+import torch
+
+from conftest import load_script
+
+transformer = load_script("transformer/transformer_imdb.py")
+D_MODEL, HEADS = 16, 4
+
+
+def attention_and_mask(seed=0, batch=3, time=9, lengths=(9, 4, 1)):
+    torch.manual_seed(seed)
+    attention = transformer.SelfAttention(D_MODEL, HEADS).eval()
+    x = torch.randn(batch, time, D_MODEL)
+    keep = torch.arange(time) < torch.tensor(lengths)[:, None]
+    return attention, x, keep
+
+
+def reference_attention(attention, x, keep):
+    """torch.nn.MultiheadAttention given the same weights: (output, weights averaged over heads)."""
+    reference = torch.nn.MultiheadAttention(D_MODEL, HEADS, batch_first=True).eval()
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(attention.qkv.weight)  # rows: queries, keys, values
+        reference.in_proj_bias.copy_(attention.qkv.bias)
+        reference.out_proj.weight.copy_(attention.out.weight)
+        reference.out_proj.bias.copy_(attention.out.bias)
+    return reference(x, x, x, key_padding_mask=~keep)  # True there means "ignore this key"
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["no padding", "padding mask"])
+def test_attention_equals_torch_multihead_attention(padded):
+    attention, x, keep = attention_and_mask(lengths=(9, 4, 1) if padded else (9, 9, 9))
+    with torch.no_grad():
+        ours, cls_weights = attention(x, keep, cls_weights=True)
+        expected, expected_weights = reference_attention(attention, x, keep)
+    rows = keep[:, :, None]  # padded positions' outputs are never read
+    torch.testing.assert_close(ours * rows, expected * rows, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cls_weights, expected_weights[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_equals_the_explicit_formula():
+    """softmax(q k^T / sqrt(d_head)) v per head, padded keys given zero weight."""
+    attention, x, keep = attention_and_mask()
+    with torch.no_grad():
+        ours, _ = attention(x, keep)
+        q, k, v = attention.qkv(x).chunk(3, dim=-1)
+        heads = [t.unflatten(-1, (HEADS, -1)).transpose(1, 2) for t in (q, k, v)]
+        scores = heads[0] @ heads[1].transpose(-2, -1) / math.sqrt(D_MODEL // HEADS)
+        scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+        mixed = (scores.softmax(-1) @ heads[2]).transpose(1, 2).flatten(2)
+        expected = attention.out(mixed)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_subset_of_queries_gives_the_same_outputs():
+    """The last block computes [CLS]'s output only: it must equal that row of the full output."""
+    attention, x, keep = attention_and_mask()
+    with torch.no_grad():
+        full, _ = attention(x, keep)
+        first, _ = attention(x, keep, queries=1)
+    torch.testing.assert_close(first, full[:, :1], rtol=1e-5, atol=1e-6)
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return transformer.SentimentTransformer(50, max_len=120, d_model=D_MODEL, heads=HEADS).eval()
+
+
+def test_padding_does_not_change_the_logits():
+    """A review alone, and in a batch with much longer ones (padded to another multiple of
+    PAD_TO as well), gives the same logits."""
+    model = small_model()
+    review = torch.randint(3, 50, (7,))
+    with torch.no_grad():
+        alone = model(review.unsqueeze(0), torch.tensor([7]))
+        longer = [torch.randint(3, 50, (n,)) for n in (40, 100)]
+        batch = torch.nn.utils.rnn.pad_sequence(
+            [review, *longer], batch_first=True, padding_value=transformer.PAD
+        )
+        together = model(batch, torch.tensor([7, 40, 100]))
+    torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cls_attention_covers_the_review_and_nothing_else():
+    model = small_model()
+    with torch.no_grad():
+        _, weights = model(torch.randint(3, 50, (2, 20)), torch.tensor([20, 5]), cls_weights=True)
+    assert weights.shape == (2, transformer.round_up(21))  # [CLS] + 20 tokens, padded
+    torch.testing.assert_close(weights.sum(1), torch.ones(2))
+    assert (weights[1, 6:] == 0).all() and (weights[1, :6] > 0).all()
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("transformer")
+    transformer.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(out_dir)])
+    return out_dir
+
+
+def test_training_writes_the_attention_picture(trained):
+    assert (trained / "attention.png").stat().st_size > 5000
+    saved = torch.load(trained / "model.pt", weights_only=True)
+    assert saved["vocab"][transformer.CLS] == "<cls>"
+    assert saved["hyperparameters"]["model"]["heads"] == 4
+
+
+def test_predict_names_the_five_most_attended_words(trained, capsys):
+    text = "A wonderful film, truly wonderful: the cast, the music and the story."
+    transformer.main(["--checkpoint", str(trained / "model.pt"), "--predict", text])
+    out = capsys.readouterr().out
+    words = re.search(r"\[attended: (.*)\]$", out.strip()).group(1).split(", ")
+    assert len(words) == 5 and set(words) <= set(transformer.tokenize(text))
+    transformer.main(["--checkpoint", str(trained / "model.pt"), "--predict", "Dull."])
+    words = re.search(r"\[attended: (.*)\]$", capsys.readouterr().out.strip()).group(1)
+    assert sorted(words.split(", ")) == [".", "dull"]  # two tokens: only those can be named
+
+
+def test_warmup_then_cosine_decay():
+    factor = transformer.warmup_cosine(warmup_steps=10, total_steps=110)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.5) and factor(110) == pytest.approx(0.0, abs=1e-12)
+    steps = [factor(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(steps, steps[1:]))
+
+
+def test_heads_must_divide_d_model(capsys):
+    with pytest.raises(SystemExit):
+        transformer.parse_args(["--d-model", "64", "--heads", "5"])
+    assert "does not divide" in capsys.readouterr().err
