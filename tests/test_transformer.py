@@ -111,15 +111,20 @@ def test_training_writes_the_attention_picture(trained):
     assert saved["hyperparameters"]["model"]["heads"] == 4
 
 
+def attended_words(output):
+    return re.search(r"\[attended: (.*)\]$", output.strip()).group(1).split(", ")
+
+
 def test_predict_names_the_five_most_attended_words(trained, capsys):
     text = "A wonderful film, truly wonderful: the cast, the music and the story."
     transformer.main(["--checkpoint", str(trained / "model.pt"), "--predict", text])
-    out = capsys.readouterr().out
-    words = re.search(r"\[attended: (.*)\]$", out.strip()).group(1).split(", ")
+    words = attended_words(capsys.readouterr().out)
     assert len(words) == 5 and set(words) <= set(transformer.tokenize(text))
     transformer.main(["--checkpoint", str(trained / "model.pt"), "--predict", "Dull."])
-    words = re.search(r"\[attended: (.*)\]$", capsys.readouterr().out.strip()).group(1)
-    assert sorted(words.split(", ")) == [".", "dull"]  # two tokens: only those can be named
+    assert sorted(attended_words(capsys.readouterr().out)) == [
+        ".",
+        "dull",
+    ]  # two tokens: only those can be named
 
 
 def test_warmup_then_cosine_decay():

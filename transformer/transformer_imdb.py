@@ -194,7 +194,7 @@ class SentimentTransformer(nn.Module):
         tokens = torch.cat([cls, tokens], 1)
         # Round the length up to a multiple of PAD_TO with more padding. On a CPU every new
         # shape gets its own kernel set-up, kept in a cache, and memory fragments: with a
-        # different length in every batch, one run grew to 8 GB. A few shapes keep it flat.
+        # different length in every batch, one run grew to 8.4 GB. A few shapes keep it flat.
         tokens = F.pad(tokens, (0, round_up(tokens.size(1)) - tokens.size(1)), value=PAD)
         positions = torch.arange(tokens.size(1), device=tokens.device)
         keep = positions < (lengths.to(tokens.device) + 1)[:, None]  # real tokens and [CLS]
@@ -335,13 +335,11 @@ def main(argv=None):
     model = SentimentTransformer(len(vocab), args.max_len, **hyperparameters["model"]).to(device)
     parameters = sum(p.numel() for p in model.parameters())
     # AdamW: Adam with weight decay applied to the weights directly (not through the gradient,
-    # where Adam's scaling would undo it). Biases, LayerNorms and embeddings are not decayed.
-    decayed = [
-        p for name, p in model.named_parameters() if p.dim() == 2 and "embedding" not in name
-    ]
-    others = [
-        p for name, p in model.named_parameters() if not (p.dim() == 2 and "embedding" not in name)
-    ]
+    # where Adam's scaling would undo it), here to the weight matrices and the position table;
+    # not to biases, LayerNorms or the word embeddings (rare words would shrink between updates).
+    matrices = {n for n, p in model.named_parameters() if p.dim() == 2 and n != "embedding.weight"}
+    decayed = [p for n, p in model.named_parameters() if n in matrices]
+    others = [p for n, p in model.named_parameters() if n not in matrices]
     optimizer = torch.optim.AdamW(
         [dict(params=decayed, weight_decay=args.weight_decay), dict(params=others, weight_decay=0)],
         lr=args.lr,
