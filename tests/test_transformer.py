@@ -139,3 +139,39 @@ def test_heads_must_divide_d_model(capsys):
     with pytest.raises(SystemExit):
         transformer.parse_args(["--d-model", "64", "--heads", "5"])
     assert "does not divide" in capsys.readouterr().err
+
+
+def test_the_weight_average_moves_towards_the_model_by_one_minus_decay():
+    torch.manual_seed(0)
+    model, average = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.clone() for p in average.parameters()]
+    transformer.update_average(average, model, decay=0.75)
+    for old, averaged, weight in zip(before, average.parameters(), model.parameters()):
+        torch.testing.assert_close(averaged, 0.75 * old + 0.25 * weight)
+    transformer.update_average(average, model, decay=0.0)  # --ema 0: the model's own weights
+    for averaged, weight in zip(average.parameters(), model.parameters()):
+        torch.testing.assert_close(averaged, weight)
+
+
+@pytest.mark.parametrize("ema", [0.0, 1 - 1e-7], ids=["no averaging", "average stays at start"])
+def test_the_checkpoint_holds_the_weight_average(ema, data_dir, tmp_path):
+    """With a decay of almost 1 the average barely leaves the starting weights, so that is what
+    training must save; with decay 0 it saves the trained weights, which have moved."""
+    flags = [
+        "--dry-run",
+        "--ema",
+        str(ema),
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(tmp_path),
+    ]
+    transformer.main(flags)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    torch.manual_seed(0)  # the default seed: the same starting weights as the run's
+    settings = saved["hyperparameters"]
+    start = transformer.SentimentTransformer(
+        len(saved["vocab"]), settings["max_len"], **settings["model"]
+    )
+    moved = max((saved["model"][n] - p).abs().max().item() for n, p in start.named_parameters())
+    assert (moved < 1e-5) if ema else (moved > 1e-3)
