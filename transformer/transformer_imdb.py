@@ -390,9 +390,8 @@ def main(argv=None):
             generator,
         )
         seconds = time.perf_counter() - start
-        val_loss, val_acc = evaluate(
-            average, val_data, autocast, device
-        )  # the average is the result
+        # the average, not the model's last weights, is what is judged, kept and saved
+        val_loss, val_acc = evaluate(average, val_data, autocast, device)
         history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc))
         history[-1].update(val_loss=val_loss, val_accuracy=val_acc, seconds=seconds)
         # keep the epoch that did best on reviews it never trained on
