@@ -11,7 +11,7 @@ Data:   IMDB, exactly as RNN/lstm_imdb.py reads it: the same tokeniser, vocabula
         training split only), validation split, length bucketing and --predict. The accuracy
         difference between the two scripts is the model's.
 Expect: about 0.88 test accuracy after the default 2 epochs (seeds 0/1/2: 0.883, 0.881, 0.879;
-        the LSTM gets 0.899), in about 2.5 minutes on a 2-core CPU, under half of
+        the LSTM gets 0.899), in about 2 minutes on a 2-core CPU, under half of
         RNN/lstm_imdb.py's time (README).
 
 Run:
@@ -263,8 +263,8 @@ def evaluate(model, data, autocast, device, batch_size=256):
 def update_average(average, model, decay):
     """average = decay * average + (1 - decay) * model, weight by weight (an exponential moving
     average, EMA). Each step's weights are a noisy sample around a good solution, and the average
-    of the last few hundred steps sits nearer its centre: it does better on new reviews than the
-    weights of any single step. (decay 0 copies the model: no averaging.)"""
+    of the last few hundred steps sits nearer its centre: here it did better on new reviews than
+    the last step's weights (README). (decay 0 copies the model: no averaging.)"""
     for averaged, weight in zip(average.parameters(), model.parameters()):
         averaged.lerp_(weight, 1 - decay)
 
