@@ -16,8 +16,8 @@ When is TBPTT worth it? When sequences are too long to keep the whole graph of a
 Data:   IMDB, as in lstm_imdb.py: downloaded into the top-level data/ on first use, a seeded
         validation split of the training reviews, the test reviews used once at the end;
         reviews cut to their last --max-len words; plain Python text pipeline, no torchtext.
-Expect: about 0.90 test accuracy after the default 3 epochs, 50-80 s an epoch and
-        3-5 minutes in all on a 2-core CPU (README has measured figures).
+Expect: about 0.90 test accuracy after the default 3 epochs, about 50 s an epoch and
+        3 minutes in all on a 2-core CPU (benchmarks/README.md).
 
 Run:
     python RNN/lstm_imdb_tbptt.py             # train with the defaults, writes OUT_DIR/model.pt
@@ -26,7 +26,11 @@ Run:
     python RNN/lstm_imdb_tbptt.py --predict "A wonderful film." --predict "Far too long."
     echo "One review per line" | python RNN/lstm_imdb_tbptt.py --predict -
 
-Writes model.pt (weights, vocabulary, settings), metrics.json and curves.png into --out-dir.
+Writes model.pt (the best epoch's weights, vocabulary, settings), metrics.json and curves.png
+into --out-dir. To use the trained model (tokenize and encode as below):
+    checkpoint = torch.load("runs/lstm_imdb_tbptt/model.pt", weights_only=True)
+    model = SentimentLSTM(len(checkpoint["vocab"]), **checkpoint["config"]["model"])
+    model.load_state_dict(checkpoint["weights"])
 """
 
 import argparse
@@ -38,10 +42,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from signal import SIGINT, signal
 
-import matplotlib
-
-matplotlib.use("Agg")  # draw into files; works without a display (servers, CI)
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
@@ -51,19 +53,18 @@ from torchvision.datasets.utils import check_integrity, download_and_extract_arc
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
-# Inside this repository all scripts share its top-level data/ and runs/ (the folder holding
-# data/README.md); a copy of this script anywhere else keeps both in its own folder.
+# In this repository data/ and runs/ are the top-level ones; a copy elsewhere keeps its own.
 TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 LABELS = ("negative", "positive")
-PAD, UNK = 0, 1  # vocabulary indices of "<pad>" and "<unk>"
+# Vocabulary indices of "<pad>" and "<unk>".
+PAD, UNK = 0, 1
 
 # ---- the text pipeline (what torchtext's Field and BucketIterator used to do) ----
 
-TOKEN = re.compile(
-    r"[a-z0-9]+|[^\sa-z0-9]"
-)  # a run of letters/digits, or any other visible character
+# A token: a run of letters and digits, or any other visible character.
+TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
 def tokenize(text):
@@ -130,12 +131,13 @@ class SentimentLSTM(nn.Module):
         # float16 gradients underflow without loss scaling: on CUDA the LSTM opts out and runs
         # in float32. (This leaves CPU autocast alone: there the LSTM runs in bfloat16.)
         with torch.autocast("cuda", enabled=False):
-            outputs, state = self.lstm(embedded, state)  # outputs: (batch, time, hidden)
+            # outputs: (batch, time, hidden)
+            outputs, state = self.lstm(embedded, state)
         # Read each review at its own last word, not at the padded end, so padding never changes
         # a prediction. For a one-directional LSTM over right-padded batches, gathering that
         # position is exact, and much faster on a CPU than pack_padded_sequence
         # (5-7x for a batch of 32 reviews on the test machine).
-        # (A review with no tokens left in this chunk is read at position 0; its logits are unused.)
+        # A review with no tokens left in this chunk is read at position 0; its logits are unused.
         last = (lengths - 1).clamp(min=0).to(tokens.device).view(-1, 1, 1)
         last = last.expand(-1, 1, outputs.size(2))
         return self.out(self.dropout(outputs.gather(1, last).squeeze(1))), state
@@ -146,67 +148,74 @@ def repackage_hidden(state):
     return tuple(s.detach() for s in state)
 
 
-def train_one_epoch(model, data, optimizer, scaler, autocast, args, device, generator):
-    """One pass over the training set, --bptt tokens at a time: (mean loss, accuracy), both read
-    at each review's last token, so they compare with the validation figures."""
+def train_one_epoch(model, batches, optimizer, amp, bptt):
+    """One pass over the training `batches`, `bptt` tokens at a time: accuracy and mean loss,
+    both read at each review's last token, so they compare with the validation figures."""
     model.train()
-    total_loss = correct = 0
-    steps = math.ceil(len(data[0]) / args.batch_size)
-    # disable=None: no progress bar when the output is not a terminal (a log file, CI).
-    for tokens, lengths, labels in tqdm(
-        batches(*data, args.batch_size, generator), total=steps, disable=None
-    ):
+    autocast, scaler = amp
+    total_loss = correct = count = 0
+    device = next(model.parameters()).device
+    for tokens, lengths, labels in batches:
         tokens, lengths, labels = tokens.to(device), lengths.to(device), labels.to(device)
-        state = None  # a new batch of reviews starts from a zero state
-        for start in range(0, tokens.size(1), args.bptt):
+        # A new batch of reviews starts from a zero state.
+        state = None
+        for start in range(0, tokens.size(1), bptt):
+            # Keep the state's values, but cut the gradient's path back to earlier chunks.
             if state is not None:
-                state = repackage_hidden(state)  # keep the values, cut the gradient path back
-            in_chunk = (lengths - start).clamp(0, args.bptt)  # each review's tokens in this chunk
+                state = repackage_hidden(state)
+            # Each review's tokens in this chunk; reviews with some take a loss.
+            in_chunk = (lengths - start).clamp(0, bptt)
             with autocast:
-                logits, state = model(tokens[:, start : start + args.bptt], in_chunk, state)
-            active = in_chunk > 0  # reviews that have tokens here take a loss
+                logits, state = model(tokens[:, start : start + bptt], in_chunk, state)
+            active = in_chunk > 0
             loss = F.cross_entropy(logits[active].float(), labels[active])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(
-                loss
-            ).backward()  # fp16 only: the loss is scaled up so small gradients survive
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # LSTMs can take huge steps
-            scaler.step(
-                optimizer
-            )  # one optimiser step per chunk (skipped if a gradient overflowed)
+            optimizer.zero_grad()
+            # The GradScaler does nothing unless the precision is fp16 (conv_net_cifar.py
+            # explains); then the gradients must be unscaled before they are clipped.
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            # LSTMs can take huge steps: clip the gradients' norm to 1.
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            # One optimiser step per chunk.
+            scaler.step(optimizer)
             scaler.update()
-            ending = (lengths > start) & (lengths <= start + args.bptt)  # reviews that end here
-            final = logits[ending].detach().float()  # their final prediction
+            # The reviews that end in this chunk: their final prediction counts.
+            ending = (lengths > start) & (lengths <= start + bptt)
+            final = logits[ending].detach().float()
             total_loss += F.cross_entropy(final, labels[ending], reduction="sum").item()
             correct += (final.argmax(1) == labels[ending]).sum().item()
-    return total_loss / len(data[0]), correct / len(data[0])
+        count += len(labels)
+    return dict(train_accuracy=correct / count, train_loss=total_loss / count)
 
 
-@torch.no_grad()  # no gradients needed: faster and lighter
-def evaluate(model, data, autocast, device, batch_size=256):
-    """(mean loss, accuracy) of the model on the (sequences, labels) in `data`."""
+# No gradients are needed to evaluate: faster, and less memory.
+@torch.no_grad()
+def evaluate(model, batches, autocast, split):
+    """The model's accuracy and loss on `batches`, named after the split."""
     model.eval()
-    total_loss = correct = 0
-    for tokens, lengths, labels in batches(*data, batch_size):
+    total_loss = correct = count = 0
+    device = next(model.parameters()).device
+    for tokens, lengths, labels in batches:
         tokens, labels = tokens.to(device), labels.to(device)
+        # Whole reviews at once: nothing to truncate.
         with autocast:
-            logits, _ = model(tokens, lengths)  # whole reviews at once: nothing to truncate
+            logits, _ = model(tokens, lengths)
         total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
-    return total_loss / len(data[0]), correct / len(data[0])
+        count += len(labels)
+    return {f"{split}_accuracy": correct / count, f"{split}_loss": total_loss / count}
 
 
 @torch.no_grad()
 def predict(texts, checkpoint, device):
     """Print the label and its probability for each text, using a saved model."""
-    model, vocab, hyperparameters = load_checkpoint(checkpoint, device)
+    model, vocab, config = load_checkpoint(checkpoint, device)
     index = {word: i for i, word in enumerate(vocab)}
     for text in texts:
         tokens = tokenize(text)
         if not tokens:
-            fail(f"nothing to classify in {text!r}: give --predict some words")
-        sequence = encode(tokens, index, hyperparameters["max_len"])
+            sys.exit(f"error: nothing to classify in {text!r}: give --predict some words")
+        sequence = encode(tokens, index, config["max_len"])
         logits, _ = model(sequence.unsqueeze(0).to(device), torch.tensor([len(sequence)]))
         probabilities = logits.float().softmax(1)[0]
         label = probabilities.argmax().item()
@@ -216,34 +225,34 @@ def predict(texts, checkpoint, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(args.seed)  # the initial weights and dropout
-    device, device_why = pick_device(args.device)
+    # The same seed, the same split, weights, dropout and batch order: the same result on one
+    # machine.
+    torch.manual_seed(args.seed)
+    pick_device_and_precision(args)
     checkpoint = args.checkpoint or args.out_dir / "model.pt"
     if args.predict:
-        return predict(read_texts(args.predict), checkpoint, device)
-    precision, precision_why = pick_precision(args.precision, device)
-    if precision == "fp16" and device.type == "cpu":
-        fail("--precision fp16: PyTorch has no float16 LSTM on the CPU (oneDNN); use bf16 or fp32")
-    print(f"device: {device} ({device_why}); precision: {precision} ({precision_why})")
-    autocast = autocast_for(device, precision)
-
-    train_texts, train_labels, test_texts, test_labels = load_imdb(
-        args.data_dir, args.dry_run, args.seed
-    )
-    if not 0 < args.val_size < len(train_texts):
-        fail(
-            f"--val-size must be between 1 and {len(train_texts) - 1} ({len(train_texts)} reviews)"
+        return predict(read_texts(args.predict), checkpoint, args.device)
+    if args.precision == "fp16" and args.device.type == "cpu":
+        sys.exit(
+            "error: --precision fp16: PyTorch has no float16 LSTM on the CPU; use bf16 or fp32"
         )
+    # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
+    # GradScaler that keeps small gradients from vanishing (it does nothing otherwise).
+    dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
+    autocast = torch.autocast(args.device.type, dtype, enabled=args.precision != "fp32")
+    scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
+
+    train_texts, train_labels, test_texts, test_labels = load_imdb(args.data_dir, args.dry_run)
+    if not 0 < args.val_size < len(train_texts):
+        sys.exit(f"error: --val-size must be between 1 and {len(train_texts) - 1}")
     order = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed))
     val_ids, train_ids = order[: args.val_size].tolist(), order[args.val_size :].tolist()
 
     train_tokens = [tokenize(train_texts[k]) for k in train_ids]
-    vocab = build_vocab(train_tokens, args.min_freq, args.max_vocab)  # from the training split only
+    # The vocabulary comes from the training split only.
+    vocab = build_vocab(train_tokens, args.min_freq, args.max_vocab)
     index = {word: i for i, word in enumerate(vocab)}
-    train_data = (
-        [encode(tokens, index, args.max_len) for tokens in train_tokens],
-        train_labels[train_ids],
-    )
+    train_data = [encode(t, index, args.max_len) for t in train_tokens], train_labels[train_ids]
     val_tokens = [tokenize(train_texts[k]) for k in val_ids]
     val_data = [encode(tokens, index, args.max_len) for tokens in val_tokens], train_labels[val_ids]
     test_data = [encode(tokenize(text), index, args.max_len) for text in test_texts], test_labels
@@ -252,65 +261,53 @@ def main(argv=None):
         f"reviews; vocabulary of {len(vocab)} words"
     )
 
-    hyperparameters = dict(model=dict(embedding=100, hidden=256, dropout=0.3), max_len=args.max_len)
-    hyperparameters["bptt"] = args.bptt
-    model = SentimentLSTM(len(vocab), **hyperparameters["model"]).to(device)
-    # Adam adapts each weight's step size to the size of its recent gradients: a good default
-    # that needs little tuning of the learning rate.
+    config = dict(model=dict(embedding=100, hidden=256, dropout=0.3), max_len=args.max_len)
+    config["bptt"] = args.bptt
+    model = SentimentLSTM(len(vocab), **config["model"]).to(args.device)
+    # Adam adapts each weight's step size to its recent gradients: little tuning needed.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    # fp16 keeps too few exponent bits for small gradients: GradScaler scales the loss up before
-    # backward and the gradients down before the step. With bf16 or fp32 it does nothing.
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    generator = torch.Generator().manual_seed(args.seed)  # batch order
+    generator = torch.Generator().manual_seed(args.seed)
 
     history, best_val_loss = [], float("inf")
+    steps = math.ceil(len(train_ids) / args.batch_size)
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(
-            model, train_data, optimizer, scaler, autocast, args, device, generator
-        )
+        # disable=None: a progress bar on a terminal only, not in a log file.
+        progress = tqdm(batches(*train_data, args.batch_size, generator), total=steps, disable=None)
+        train = train_one_epoch(model, progress, optimizer, (autocast, scaler), args.bptt)
         seconds = time.perf_counter() - start
-        val_loss, val_acc = evaluate(model, val_data, autocast, device)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc))
-        history[-1].update(val_loss=val_loss, val_accuracy=val_acc, seconds=seconds)
-        saved = (
-            val_loss < best_val_loss
-        )  # keep the epoch that did best on reviews it never trained on
-        if saved:
-            best_val_loss = val_loss
-            save_checkpoint(model, vocab, hyperparameters, checkpoint)
-        print(epoch_line(history[-1]) + ("  (saved best)" if saved else ""))
+        val = evaluate(model, batches(*val_data, 256), autocast, "val")
+        log_epoch(history, epoch=epoch, **train, **val, seconds=seconds)
+        # Keep the epoch that did best on reviews it never trained on.
+        if val["val_loss"] < best_val_loss:
+            best_val_loss = val["val_loss"]
+            save_checkpoint(model, vocab, config, checkpoint)
+            print(f"saved epoch {epoch} to {checkpoint}: its validation loss is the lowest yet")
 
-    model, _, _ = load_checkpoint(checkpoint, device)  # the best epoch, not the last
-    test_loss, test_acc = evaluate(model, test_data, autocast, device)
-    print(
-        f"test loss {test_loss:.4f}  test acc {test_acc:.4f}  (best checkpoint, test set used once)"
-    )
+    # The best epoch, not the last, measured once on the test set.
+    model, _, _ = load_checkpoint(checkpoint, args.device)
+    test = evaluate(model, batches(*test_data, 256), autocast, "test")
+    write_metrics(args, history, **test, vocab_size=len(vocab))
     save_plots(history, args.out_dir)
-    results = dict(test_loss=test_loss, test_accuracy=test_acc, vocab_size=len(vocab))
-    results.update(max_len=args.max_len, bptt=args.bptt)
-    write_metrics(args, device, precision, history, **results)
 
 
-# ------------------------------------------------------------------------------------------
-# Plumbing: flags, errors, device and precision, download, checkpoints, plots. The lesson is above.
-# ------------------------------------------------------------------------------------------
+# ---- plumbing: flags, data, checkpoints, plots (the lesson is above) ----
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = p.add_argument
     add("--epochs", type=positive(int), default=3, help="passes over the training set (default 3)")
-    # Small batches: on a CPU an LSTM epoch took about as long at 32 reviews a step as at 256
-    # (measured here), and 32 gives 8x the optimiser steps for the same time.
-    add("--batch-size", type=positive(int), default=32, help="reviews per step (default 32)")
-    add("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
     add(
         "--bptt",
         type=positive(int),
         default=50,
         help="tokens per chunk: gradients flow back at most this far (default 50)",
     )
+    # Small batches: on a 2-core CPU an LSTM epoch took about as long at 32 reviews a step as
+    # at 256, and 32 gives 8x the optimiser steps for the same time.
+    add("--batch-size", type=positive(int), default=32, help="reviews per step (default 32)")
+    add("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
     add(
         "--max-len",
         type=positive(int),
@@ -347,9 +344,12 @@ def parse_args(argv=None):
         help="classify TEXT with the saved checkpoint instead of training (repeatable); "
         "'--predict -' alone reads one text per line from standard input",
     )
-    add_common_flags(p, data="aclImdb/")
-    args = p.parse_args(argv)
-    if args.dry_run:  # one tiny batch through training and evaluation
+    args = parse_with_common_flags(p, argv, data="aclImdb/")
+    training = "epochs bptt batch_size lr max_len min_freq max_vocab val_size".split()
+    if args.predict and any(getattr(args, f) != p.get_default(f) for f in training):
+        p.error("--predict uses the checkpoint's settings: drop the training flags")
+    # One tiny batch through training and evaluation.
+    if args.dry_run:
         args.epochs, args.batch_size, args.val_size, args.min_freq = 1, 8, 8, 1
     return args
 
@@ -360,22 +360,22 @@ def read_texts(predict_args):
         return predict_args
     texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not texts:
-        fail("--predict - read no text from standard input: give one review per line")
+        sys.exit("error: --predict - read no text from standard input: give one review per line")
     return texts
 
 
-def load_imdb(data_dir, dry_run, seed):
-    """Training and test (texts, labels); for --dry-run, a few of each."""
+def load_imdb(data_dir, dry_run):
+    """Training and test (texts, labels); for --dry-run, a few random ones of each (seeded)."""
     folder = get_imdb(data_dir)
     train_texts, train_labels = read_reviews(folder, "train")
     test_texts, test_labels = read_reviews(folder, "test")
     if dry_run:
-        keep = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(seed))[:24]
+        # Their own generator: the model's initial weights stay those of a full run.
+        generator = torch.Generator().manual_seed(0)
+        keep = torch.randperm(len(train_texts), generator=generator)[:24]
         train_texts, train_labels = [train_texts[k] for k in keep], train_labels[keep]
-        step = max(
-            len(test_texts) // 16, 1
-        )  # a few of each label (the files are sorted neg, then pos)
-        test_texts, test_labels = test_texts[::step], test_labels[::step]
+        keep = torch.randperm(len(test_texts), generator=generator)[:16]
+        test_texts, test_labels = [test_texts[k] for k in keep], test_labels[keep]
     return train_texts, train_labels, test_texts, test_labels
 
 
@@ -386,14 +386,14 @@ def get_imdb(data_dir):
         return folder
     archive = data_dir / Path(URL).name
     if archive.exists() and not check_integrity(str(archive), MD5):
-        fail(f"{archive} failed its MD5 check (corrupt or partial download): delete it, run again")
+        sys.exit(f"error: {archive} failed its MD5 check (corrupt or partial download): delete it")
     # No network, a broken connection, a download failing its MD5 check:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(URL, str(data_dir), md5=MD5)
     except (OSError, RuntimeError) as err:
-        fail(
-            f"could not get IMDB ({first_line(err)}). Download {URL} by hand and put it in "
+        sys.exit(
+            f"error: could not get IMDB ({err!r}). Download {URL} by hand and put it in "
             f"{data_dir}/ (or unpack it there, giving {folder}/)"
         )
     return folder
@@ -405,52 +405,53 @@ def read_reviews(folder, split):
     for label, name in enumerate(("neg", "pos")):
         files = sorted((folder / split / name).glob("*.txt"))
         if not files:
-            fail(f"no reviews in {folder / split / name}/: is {folder} a complete copy of aclImdb?")
+            sys.exit(
+                f"error: no reviews in {folder / split / name}/: is {folder} a complete aclImdb?"
+            )
         for path in files:
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:
-                fail(f"could not read the review {path} ({type(err).__name__}): replace it")
+                sys.exit(
+                    f"error: could not read the review {path} ({type(err).__name__}): replace it"
+                )
             if not text.strip():
-                fail(f"the review {path} is empty: replace it from the archive")
+                sys.exit(f"error: the review {path} is empty: replace it from the archive")
             texts.append(text)
             labels.append(label)
     return texts, torch.tensor(labels)
 
 
-def save_checkpoint(model, vocab, hyperparameters, path):
+def save_checkpoint(model, vocab, config, path):
     # Only tensors, strings and numbers: loadable with torch.load(weights_only=True), which
     # refuses to run code hidden in a file (unlike a pickled model object).
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"model": model.state_dict(), "vocab": vocab, "hyperparameters": hyperparameters}, path
-    )
+    torch.save(dict(weights=model.state_dict(), vocab=vocab, config=config), path)
 
 
 def load_checkpoint(path, device):
     """(model, vocabulary, settings) saved at `path`, or a one-line error saying what is wrong."""
     if not path.is_file():
-        fail(f"no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
+        sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-        hyperparameters = checkpoint["hyperparameters"]
-        model = SentimentLSTM(len(checkpoint["vocab"]), **hyperparameters["model"]).to(device)
-        model.load_state_dict(checkpoint["model"])
-    except Exception as err:  # empty, truncated, not a torch file, or another script's checkpoint
-        fail(f"{path} is not a checkpoint of this script ({first_line(err)})")
-    return model.eval(), checkpoint["vocab"], hyperparameters
+        config = checkpoint["config"]
+        model = SentimentLSTM(len(checkpoint["vocab"]), **config["model"]).to(device)
+        model.load_state_dict(checkpoint["weights"])
+    # Empty, truncated, not a torch file, or another script's checkpoint: one line.
+    except Exception as err:
+        sys.exit(f"error: {path} is not a checkpoint of this script ({err!r})")
+    return model.eval(), checkpoint["vocab"], config
 
 
 def save_plots(history, out_dir):
     """curves.png: loss and accuracy per epoch, training and validation."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
         ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
         ax_acc.plot(epochs, [h[f"{split}_accuracy"] for h in history], marker="o", label=split)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy")
-    # Train figures: at each review's last token, during the epoch (dropout on), like val's.
     ax_acc.set(xlabel="epoch", ylabel="accuracy (train: during the epoch, with dropout)")
     ax_loss.legend(), ax_acc.legend()
     fig.savefig(out_dir / "curves.png", dpi=100, bbox_inches="tight")
@@ -460,166 +461,73 @@ def save_plots(history, out_dir):
 # ---- the same in every script of this collection ----
 
 
-def add_common_flags(p, data):
+def parse_with_common_flags(p, argv, data, fp16=True):
     add = p.add_argument
     add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
-    add(
-        "--device",
-        choices=["auto", "cpu", "cuda", "mps"],
-        default="auto",
-        help="where to train (default auto: CUDA, then Apple MPS, then the CPU)",
-    )
-    add(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="number format (default auto: bf16 where the hardware has it natively, fp16 with "
-        "loss scaling on older CUDA GPUs, else fp32)",
-    )
-    add(
-        "--data-dir",
-        type=Path,
-        default=TOP / "data",
-        help=f"folder holding (or receiving) {data} (default: {TOP / 'data'})"
-        if data
-        else "unused: this script makes its data (kept so that every script takes the same flags)",
-    )
-    add(
-        "--out-dir",
-        type=Path,
-        default=TOP / "runs" / Path(__file__).stem,
-        help="where metrics.json and the plots go (default: runs/<script name>/)",
-    )
+    add("--device", default="auto", choices="auto cpu cuda mps xpu".split(), help="auto: any GPU")
+    formats = ["auto", "fp32", "bf16", "fp16"][: 3 + fp16]
+    add("--precision", default="auto", choices=formats, help="number format (default auto)")
+    if data:
+        add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
     add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    args = p.parse_args(argv)
+    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
 def positive(kind):
     """An argparse type: a number of `kind` above zero."""
 
     def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
+        with contextlib.suppress(ValueError):
+            if kind(text) > 0:
+                return kind(text)
+        raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
 
     return parse
 
 
-def fail(message):
-    """Stop with a one-line error instead of a traceback."""
-    sys.exit(f"error: {message}")
-
-
-def first_line(err):
-    """An exception as one short line (some, like EOFError, have no message at all)."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
-def pick_device(requested):
-    """(device, why): --device as asked; for 'auto', CUDA, then Apple MPS, then the CPU."""
-    gpu_problem = unsupported_gpu() if torch.cuda.is_available() else None
-    if requested in ("auto", "cuda") and torch.cuda.is_available() and not gpu_problem:
-        return torch.device("cuda"), torch.cuda.get_device_name()
-    if requested == "cuda":
-        fail(gpu_problem or "--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps was asked for, but Apple MPS is not available: use --device cpu")
-    if requested == "mps" or (requested == "auto" and torch.backends.mps.is_available()):
-        return torch.device("mps"), "Apple GPU"
-    why = f"{torch.get_num_threads()} threads" + (f"; {gpu_problem}" if gpu_problem else "")
-    return torch.device("cpu"), why
-
-
-def unsupported_gpu():
-    """Why this PyTorch build cannot run on the GPU, or None if it can.
-
-    A CUDA build carries kernels for some GPU generations only (the lock's CUDA 13 build: compute
-    capability 7.5 and newer). On an older GPU torch.cuda.is_available() is still True, and the
-    first kernel fails with "no kernel image is available".
-    """
-    capability = torch.cuda.get_device_capability()
-    for arch in torch.cuda.get_arch_list():  # e.g. "sm_75", "sm_90a", "compute_120"
-        kind, _, number = arch.partition("_")
-        digits = "".join(c for c in number if c.isdigit())
-        built = (int(digits[:-1]), int(digits[-1]))
-        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
-            return None  # machine code for this generation
-        if kind == "compute" and built <= capability:
-            return None  # PTX, compiled for this GPU when first used
-    major, minor = capability
-    return (
-        f"the GPU {torch.cuda.get_device_name()} (compute capability {major}.{minor}) is too old "
-        f"for this PyTorch build (kernels for {' '.join(torch.cuda.get_arch_list())}): install "
-        "a PyTorch build that supports it (pytorch.org), or use --device cpu"
-    )
-
-
-def pick_precision(requested, device):
-    """(precision, why): bf16 where the hardware has native bfloat16, fp16 (with a GradScaler) on
-    older CUDA GPUs, fp32 on MPS and on CPUs without bfloat16."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            best, why = "bf16", f"native bfloat16 on compute capability {major}.{minor}"
-        else:
-            best, why = "fp16", f"compute capability {major}.{minor}: no native bfloat16 before 8.0"
-    elif device.type == "mps":
-        best, why = "fp32", "the MPS default: mixed precision there is new and its speed varies"
-    elif cpu_has_native_bf16():
-        best, why = "bf16", "this CPU has native bfloat16"
-    else:
-        best, why = "fp32", "this CPU has no native bfloat16"
-    if requested == "auto":
-        return best, f"auto: {why}"
-    if requested == "bf16" and device.type == "cuda" and best != "bf16":
-        fail(f"--precision bf16: {why}; use --precision fp16 (or auto)")
-    return requested, "as asked"
-
-
-def cpu_has_native_bf16():
-    """PyTorch has no public check, so this asks oneDNN through a private call, guarded: if that
-    call ever changes or disappears, the answer is "no" (fp32), never a crash."""
+def pick_device_and_precision(args, fp16=True):
+    """Set args.device and args.precision: as asked, or for 'auto' the GPU PyTorch finds and bf16
+    where it is native (a CPU's oneDNN says, privately; errors mean no), else fp16 (CUDA), fp32."""
+    found = torch.accelerator.current_accelerator(check_available=True)
+    device = torch.device(found or "cpu" if args.device == "auto" else args.device)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
+        # One tiny operation: fails now, not mid-run, if the GPU is missing or too old for PyTorch.
+        torch.ones(1, device=device).add_(1).item()
+    except Exception as err:
+        if args.device != "auto":
+            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
+        print(f"the {device} GPU failed a test ({err!r}): using the CPU")
+        device = torch.device("cpu")
+    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    with contextlib.suppress(Exception):
+        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
+    precision = best if args.precision == "auto" else args.precision
+    if precision == "bf16" and cuda and not native:
+        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
+    args.device, args.precision = device, precision
 
 
-def autocast_for(device, precision):
-    """The context that runs matrix maths in bf16 or fp16 (weights and sums stay fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+def log_epoch(history, **figures):
+    """Keep one epoch's figures and print them on one line, the same way in every script."""
+    history.append(figures)
+    print("  ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in figures.items()))
 
 
-def epoch_line(entry):
-    """One epoch's figures, printed the same way in every script."""
-    line = f"epoch {entry['epoch']:2d}"
-    for split in ("train", "val", "test"):
-        if f"{split}_accuracy" in entry:
-            loss, accuracy = entry[f"{split}_loss"], entry[f"{split}_accuracy"]
-            line += f"  {split} loss {loss:.4f}  {split} acc {accuracy:.4f}"
-    return line + f"  time {entry['seconds']:.1f}s"
-
-
-def write_metrics(args, device, precision, history, name="metrics.json", **results):
-    """metrics.json: which script ran where and how, its final figures (test_* are only ever
-    test-set figures), and every epoch's; then print the headline figure."""
-    split = "test" if "test_accuracy" in results else "val"
-    metrics = dict(script=Path(__file__).name, device=str(device), precision=precision)
-    metrics.update(torch=torch.__version__, threads=torch.get_num_threads(), seed=args.seed)
-    if device.type == "cuda":
-        metrics["gpu"] = torch.cuda.get_device_name()
-        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    metrics.update(eval_split=split, **results)
-    if history:  # a training run (--eval-only trains nothing, so it records no epochs)
-        metrics.update(epochs=len(history), train_seconds=sum(h["seconds"] for h in history))
-        metrics["history"] = history
+def write_metrics(args, history, **results):
+    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
+    headline = next(iter(results))
+    metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
+    metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
+    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / name).write_text(json.dumps(metrics, indent=2))
-    print(f"{split} accuracy {results[f'{split}_accuracy']:.4f}; results in {args.out_dir}")
+    (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")
 
 
 if __name__ == "__main__":

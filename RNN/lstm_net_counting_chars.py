@@ -8,15 +8,18 @@ Data:   synthetic, generated here (no download): sequences of 100-300 letters fr
         the letter earliest in the alphabet. 1,000 training and 200 validation sequences.
         The task has no test set: the figure to watch is validation accuracy.
 Expect: about 0.9 validation accuracy after the default 17 epochs, about 2 s an
-        epoch on a 2-core CPU (the tutorial this replaces took 60 epochs; README has
-        measured figures).
+        epoch on a 2-core CPU (the tutorial this replaces took 60 epochs; see
+        benchmarks/README.md).
 
 Run:
     python RNN/lstm_net_counting_chars.py             # train with the defaults
     python RNN/lstm_net_counting_chars.py --dry-run   # one tiny batch: checks the set-up in seconds
-    python RNN/lstm_net_counting_chars.py --help      # every setting
+    python RNN/lstm_net_counting_chars.py --help      # every flag
 
-Writes metrics.json and curves.png into --out-dir.
+Writes metrics.json, curves.png and model.pt into --out-dir. To use the trained model:
+    checkpoint = torch.load("runs/lstm_net_counting_chars/model.pt", weights_only=True)
+    model = LetterCounter(**checkpoint["config"])
+    model.load_state_dict(checkpoint["weights"])
 """
 
 import argparse
@@ -27,10 +30,8 @@ import random
 import sys
 import time
 from pathlib import Path
+from signal import SIGINT, signal
 
-import matplotlib
-
-matplotlib.use("Agg")  # draw into files; works without a display (servers, CI)
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
@@ -39,11 +40,11 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
-# Inside this repository all scripts share its top-level data/ and runs/ (the folder holding
-# data/README.md); a copy of this script anywhere else keeps both in its own folder.
+# In this repository runs/ is the top-level one; a copy elsewhere keeps its own.
 TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
 LETTERS = "abcdefghij"
-PAD = 0  # token 0 is padding; letter k is token k + 1
+# Token 0 is padding; letter k is token k + 1.
+PAD = 0
 
 
 def make_example(i, rng):
@@ -55,7 +56,8 @@ def make_example(i, rng):
 def most_frequent_letter(text):
     """The label: index of the most frequent letter; a tie goes to the earliest letter."""
     counts = [text.count(letter) for letter in LETTERS]
-    return counts.index(max(counts))  # index() finds the first maximum: that is the tie rule
+    # index() finds the first maximum: that is the tie rule.
+    return counts.index(max(counts))
 
 
 def make_dataset(size, seed):
@@ -107,7 +109,8 @@ class LetterCounter(nn.Module):
         # float16 gradients underflow without loss scaling: on CUDA the LSTM opts out and runs
         # in float32. (This leaves CPU autocast alone: there the LSTM runs in bfloat16.)
         with torch.autocast("cuda", enabled=False):
-            outputs, _ = self.lstm(self.embedding(tokens))  # (batch, time, hidden)
+            # (batch, time, hidden)
+            outputs, _ = self.lstm(self.embedding(tokens))
         # Read each sequence at its own last letter, not at the padded end: for a one-directional
         # LSTM on right-padded batches this is exact, and 5-7x faster on a CPU than packing.
         last = (lengths - 1).to(tokens.device).view(-1, 1, 1).expand(-1, 1, outputs.size(2))
@@ -123,94 +126,102 @@ def shuffle_letters(tokens, lengths, generator):
     return shuffled
 
 
-def train_one_epoch(model, data, optimizer, scheduler, scaler, autocast, args, device, generator):
-    """One pass over the training set: (mean loss, accuracy on the batches as they were trained)."""
+def train_one_epoch(model, batches, optimizer, scheduler, amp):
+    """One pass over the training `batches`: its accuracy and mean loss, as trained."""
     model.train()
-    total_loss = correct = 0
-    steps = math.ceil(len(data[0]) / args.batch_size)
-    # disable=None: no progress bar when the output is not a terminal (a log file, CI).
-    for tokens, lengths, labels in tqdm(
-        batches(*data, args.batch_size, generator), total=steps, disable=None
-    ):
-        tokens = shuffle_letters(tokens, lengths, generator).to(device)
-        labels = labels.to(device)
+    autocast, scaler = amp
+    total_loss = correct = count = 0
+    device = next(model.parameters()).device
+    for tokens, lengths, labels in batches:
+        tokens, labels = tokens.to(device), labels.to(device)
         with autocast:
             logits = model(tokens, lengths)
         loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # fp16 only: the loss is scaled up so small gradients survive
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(
-            model.parameters(), 1.0
-        )  # LSTMs on long sequences can take huge steps
-        scaler.step(optimizer)  # (skips the step if any gradient overflowed)
+        optimizer.zero_grad()
+        # The GradScaler does nothing unless the precision is fp16 (conv_net_cifar.py explains);
+        # then the gradients must be unscaled before they are clipped.
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        # LSTMs on long sequences can take huge steps: clip the gradients' norm to 1.
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
-    return total_loss / len(data[0]), correct / len(data[0])
+        count += len(labels)
+    return dict(train_accuracy=correct / count, train_loss=total_loss / count)
 
 
-@torch.no_grad()  # no gradients needed: faster and lighter
-def evaluate(model, data, autocast, device, batch_size=200):
-    """(mean loss, accuracy) of the model on the (sequences, labels) in `data`."""
+# No gradients are needed to evaluate: faster, and less memory.
+@torch.no_grad()
+def evaluate(model, batches, autocast, split):
+    """The model's accuracy and loss on `batches`, named after the split."""
     model.eval()
-    total_loss = correct = 0
-    for tokens, lengths, labels in batches(*data, batch_size):
+    total_loss = correct = count = 0
+    device = next(model.parameters()).device
+    for tokens, lengths, labels in batches:
         tokens, labels = tokens.to(device), labels.to(device)
         with autocast:
             logits = model(tokens, lengths)
         total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
-    return total_loss / len(data[0]), correct / len(data[0])
+        count += len(labels)
+    return {f"{split}_accuracy": correct / count, f"{split}_loss": total_loss / count}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(args.seed)  # the initial weights
-    device, device_why = pick_device(args.device)
-    precision, precision_why = pick_precision(args.precision, device)
-    if precision == "fp16" and device.type == "cpu":
-        fail("--precision fp16: PyTorch has no float16 LSTM on the CPU (oneDNN); use bf16 or fp32")
-    print(f"device: {device} ({device_why}); precision: {precision} ({precision_why})")
-    autocast = autocast_for(device, precision)
+    # The same seed, the same data, weights, batch and letter order: the same result on one
+    # machine.
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    pick_device_and_precision(args)
+    if args.precision == "fp16" and args.device.type == "cpu":
+        sys.exit(
+            "error: --precision fp16: PyTorch has no float16 LSTM on the CPU; use bf16 or fp32"
+        )
+    # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
+    # GradScaler that keeps small gradients from vanishing (it does nothing otherwise).
+    dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
+    autocast = torch.autocast(args.device.type, dtype, enabled=args.precision != "fp32")
+    scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
 
     # Different seeds for the two sets, so validation sequences are new to the model.
     train_data = make_dataset(args.train_size, seed=args.seed)
     val_data = make_dataset(args.val_size, seed=args.seed + 1_000_003)
     print(f"data: {args.train_size} training and {args.val_size} validation sequences (generated)")
 
-    model = LetterCounter(args.hidden).to(device)
+    config = dict(hidden=args.hidden)
+    model = LetterCounter(**config).to(args.device)
     # Adam adapts each weight's step size to the size of its recent gradients.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # One-cycle: warm up, then anneal. A high peak rate gets counting going early; the
     # annealing settles it. It reached the target in a fraction of the tutorial's 60 epochs.
-    total_steps = args.epochs * math.ceil(args.train_size / args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps)
-    # fp16 keeps too few exponent bits for small gradients: GradScaler scales the loss up before
-    # backward and the gradients down before the step. With bf16 or fp32 it does nothing.
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    generator = torch.Generator().manual_seed(args.seed)  # batch order and letter order
+    steps_per_epoch = math.ceil(args.train_size / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, args.lr, total_steps=args.epochs * steps_per_epoch
+    )
 
     history = []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(
-            model, train_data, optimizer, scheduler, scaler, autocast, args, device, generator
-        )
+        # Bucketed batches in a new random order, each sequence's letters shuffled anew.
+        batched = batches(*train_data, args.batch_size, generator)
+        shuffled = ((shuffle_letters(t, n, generator), n, y) for t, n, y in batched)
+        # disable=None: a progress bar on a terminal only, not in a log file.
+        progress = tqdm(shuffled, total=steps_per_epoch, disable=None)
+        train = train_one_epoch(model, progress, optimizer, scheduler, (autocast, scaler))
         seconds = time.perf_counter() - start
-        val_loss, val_acc = evaluate(model, val_data, autocast, device)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc))
-        history[-1].update(val_loss=val_loss, val_accuracy=val_acc, seconds=seconds)
-        print(epoch_line(history[-1]))
+        val = evaluate(model, batches(*val_data, 200), autocast, "val")
+        log_epoch(history, epoch=epoch, **train, **val, seconds=seconds)
 
+    write_metrics(args, history, **val)
     save_plots(history, args.out_dir)
-    write_metrics(args, device, precision, history, val_loss=val_loss, val_accuracy=val_acc)
+    torch.save(dict(weights=model.state_dict(), config=config), args.out_dir / "model.pt")
 
 
-# ------------------------------------------------------------------------------------------
-# Plumbing: flags, errors, device and precision, plots. The lesson is above.
-# ------------------------------------------------------------------------------------------
+# ---- plumbing: flags, plots (the lesson is above) ----
 
 
 def parse_args(argv=None):
@@ -224,16 +235,15 @@ def parse_args(argv=None):
     add("--hidden", type=positive(int), default=200, help="LSTM hidden size (default 200)")
     add("--train-size", type=positive(int), default=1000, help="training sequences (default 1000)")
     add("--val-size", type=positive(int), default=200, help="validation sequences (default 200)")
-    add_common_flags(p, data=None)
-    args = p.parse_args(argv)
-    if args.dry_run:  # one tiny batch through training and evaluation
+    args = parse_with_common_flags(p, argv, data=None)
+    # One tiny batch through training and evaluation.
+    if args.dry_run:
         args.epochs, args.batch_size, args.train_size, args.val_size = 1, 8, 16, 8
     return args
 
 
 def save_plots(history, out_dir):
     """curves.png: loss and accuracy per epoch, training and validation."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
@@ -249,166 +259,73 @@ def save_plots(history, out_dir):
 # ---- the same in every script of this collection ----
 
 
-def add_common_flags(p, data):
+def parse_with_common_flags(p, argv, data, fp16=True):
     add = p.add_argument
     add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
-    add(
-        "--device",
-        choices=["auto", "cpu", "cuda", "mps"],
-        default="auto",
-        help="where to train (default auto: CUDA, then Apple MPS, then the CPU)",
-    )
-    add(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="number format (default auto: bf16 where the hardware has it natively, fp16 with "
-        "loss scaling on older CUDA GPUs, else fp32)",
-    )
-    add(
-        "--data-dir",
-        type=Path,
-        default=TOP / "data",
-        help=f"folder holding (or receiving) {data} (default: {TOP / 'data'})"
-        if data
-        else "unused: this script makes its data (kept so that every script takes the same flags)",
-    )
-    add(
-        "--out-dir",
-        type=Path,
-        default=TOP / "runs" / Path(__file__).stem,
-        help="where metrics.json and the plots go (default: runs/<script name>/)",
-    )
+    add("--device", default="auto", choices="auto cpu cuda mps xpu".split(), help="auto: any GPU")
+    formats = ["auto", "fp32", "bf16", "fp16"][: 3 + fp16]
+    add("--precision", default="auto", choices=formats, help="number format (default auto)")
+    if data:
+        add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
     add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    args = p.parse_args(argv)
+    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
 def positive(kind):
     """An argparse type: a number of `kind` above zero."""
 
     def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
+        with contextlib.suppress(ValueError):
+            if kind(text) > 0:
+                return kind(text)
+        raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
 
     return parse
 
 
-def fail(message):
-    """Stop with a one-line error instead of a traceback."""
-    sys.exit(f"error: {message}")
-
-
-def first_line(err):
-    """An exception as one short line (some, like EOFError, have no message at all)."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
-def pick_device(requested):
-    """(device, why): --device as asked; for 'auto', CUDA, then Apple MPS, then the CPU."""
-    gpu_problem = unsupported_gpu() if torch.cuda.is_available() else None
-    if requested in ("auto", "cuda") and torch.cuda.is_available() and not gpu_problem:
-        return torch.device("cuda"), torch.cuda.get_device_name()
-    if requested == "cuda":
-        fail(gpu_problem or "--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps was asked for, but Apple MPS is not available: use --device cpu")
-    if requested == "mps" or (requested == "auto" and torch.backends.mps.is_available()):
-        return torch.device("mps"), "Apple GPU"
-    why = f"{torch.get_num_threads()} threads" + (f"; {gpu_problem}" if gpu_problem else "")
-    return torch.device("cpu"), why
-
-
-def unsupported_gpu():
-    """Why this PyTorch build cannot run on the GPU, or None if it can.
-
-    A CUDA build carries kernels for some GPU generations only (the lock's CUDA 13 build: compute
-    capability 7.5 and newer). On an older GPU torch.cuda.is_available() is still True, and the
-    first kernel fails with "no kernel image is available".
-    """
-    capability = torch.cuda.get_device_capability()
-    for arch in torch.cuda.get_arch_list():  # e.g. "sm_75", "sm_90a", "compute_120"
-        kind, _, number = arch.partition("_")
-        digits = "".join(c for c in number if c.isdigit())
-        built = (int(digits[:-1]), int(digits[-1]))
-        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
-            return None  # machine code for this generation
-        if kind == "compute" and built <= capability:
-            return None  # PTX, compiled for this GPU when first used
-    major, minor = capability
-    return (
-        f"the GPU {torch.cuda.get_device_name()} (compute capability {major}.{minor}) is too old "
-        f"for this PyTorch build (kernels for {' '.join(torch.cuda.get_arch_list())}): install "
-        "a PyTorch build that supports it (pytorch.org), or use --device cpu"
-    )
-
-
-def pick_precision(requested, device):
-    """(precision, why): bf16 where the hardware has native bfloat16, fp16 (with a GradScaler) on
-    older CUDA GPUs, fp32 on MPS and on CPUs without bfloat16."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            best, why = "bf16", f"native bfloat16 on compute capability {major}.{minor}"
-        else:
-            best, why = "fp16", f"compute capability {major}.{minor}: no native bfloat16 before 8.0"
-    elif device.type == "mps":
-        best, why = "fp32", "the MPS default: mixed precision there is new and its speed varies"
-    elif cpu_has_native_bf16():
-        best, why = "bf16", "this CPU has native bfloat16"
-    else:
-        best, why = "fp32", "this CPU has no native bfloat16"
-    if requested == "auto":
-        return best, f"auto: {why}"
-    if requested == "bf16" and device.type == "cuda" and best != "bf16":
-        fail(f"--precision bf16: {why}; use --precision fp16 (or auto)")
-    return requested, "as asked"
-
-
-def cpu_has_native_bf16():
-    """PyTorch has no public check, so this asks oneDNN through a private call, guarded: if that
-    call ever changes or disappears, the answer is "no" (fp32), never a crash."""
+def pick_device_and_precision(args, fp16=True):
+    """Set args.device and args.precision: as asked, or for 'auto' the GPU PyTorch finds and bf16
+    where it is native (a CPU's oneDNN says, privately; errors mean no), else fp16 (CUDA), fp32."""
+    found = torch.accelerator.current_accelerator(check_available=True)
+    device = torch.device(found or "cpu" if args.device == "auto" else args.device)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
+        # One tiny operation: fails now, not mid-run, if the GPU is missing or too old for PyTorch.
+        torch.ones(1, device=device).add_(1).item()
+    except Exception as err:
+        if args.device != "auto":
+            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
+        print(f"the {device} GPU failed a test ({err!r}): using the CPU")
+        device = torch.device("cpu")
+    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    with contextlib.suppress(Exception):
+        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
+    precision = best if args.precision == "auto" else args.precision
+    if precision == "bf16" and cuda and not native:
+        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
+    args.device, args.precision = device, precision
 
 
-def autocast_for(device, precision):
-    """The context that runs matrix maths in bf16 or fp16 (weights and sums stay fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+def log_epoch(history, **figures):
+    """Keep one epoch's figures and print them on one line, the same way in every script."""
+    history.append(figures)
+    print("  ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in figures.items()))
 
 
-def epoch_line(entry):
-    """One epoch's figures, printed the same way in every script."""
-    line = f"epoch {entry['epoch']:2d}"
-    for split in ("train", "val", "test"):
-        if f"{split}_accuracy" in entry:
-            loss, accuracy = entry[f"{split}_loss"], entry[f"{split}_accuracy"]
-            line += f"  {split} loss {loss:.4f}  {split} acc {accuracy:.4f}"
-    return line + f"  time {entry['seconds']:.1f}s"
-
-
-def write_metrics(args, device, precision, history, name="metrics.json", **results):
-    """metrics.json: which script ran where and how, its final figures (test_* are only ever
-    test-set figures), and every epoch's; then print the headline figure."""
-    split = "test" if "test_accuracy" in results else "val"
-    metrics = dict(script=Path(__file__).name, device=str(device), precision=precision)
-    metrics.update(torch=torch.__version__, threads=torch.get_num_threads(), seed=args.seed)
-    if device.type == "cuda":
-        metrics["gpu"] = torch.cuda.get_device_name()
-        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    metrics.update(eval_split=split, **results)
-    if history:  # a training run (--eval-only trains nothing, so it records no epochs)
-        metrics.update(epochs=len(history), train_seconds=sum(h["seconds"] for h in history))
-        metrics["history"] = history
+def write_metrics(args, history, **results):
+    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
+    headline = next(iter(results))
+    metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
+    metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
+    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / name).write_text(json.dumps(metrics, indent=2))
-    print(f"{split} accuracy {results[f'{split}_accuracy']:.4f}; results in {args.out_dir}")
+    (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")
 
 
 if __name__ == "__main__":

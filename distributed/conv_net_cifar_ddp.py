@@ -1,27 +1,31 @@
 """The CIFAR-10 CNN of conv_net_cifar.py, trained data-parallel: many processes, GPUs or machines.
 
-Model:  the same small CNN, optimiser (SGD, Nesterov momentum, weight decay), one-cycle schedule
-        and flips as conv_net_cifar.py; read the two side by side. What is new here is how the
+Model:  the same small CNN, optimiser (SGD, momentum, weight decay), one-cycle schedule and
+        flips as conv_net_cifar.py; read the two side by side. What is new here is how the
         work is shared: every process (a "rank") holds a full copy of the model and trains on
         its own slice of each batch; DistributedDataParallel (DDP) averages the gradients of
         all ranks during backward, so every copy takes the same step and stays identical.
 Data:   CIFAR-10 as in conv_net_cifar.py; one process per machine downloads it, the others wait.
 Expect: about 0.70 test accuracy after the default 5 epochs, with 1 process or many: --batch-size
         is the global batch, so the steps and the result do not depend on the process count.
-        On a 2-core CPU two processes are no faster than one (README has measured figures);
-        data parallelism pays with one process per GPU, many cores or many machines.
+        On a 2-core CPU two processes are no faster than one (benchmarks/README.md); data
+        parallelism pays with one process per GPU, many cores or many machines.
 
 Run:
     python distributed/conv_net_cifar_ddp.py                                     # 1 process
     torchrun --standalone --nproc-per-node 2 distributed/conv_net_cifar_ddp.py   # 2 on this machine
     torchrun --standalone --nproc-per-node 2 --max-restarts 3 distributed/conv_net_cifar_ddp.py
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --rdzv-backend c10d \
-        --rdzv-endpoint HOST:29500 distributed/conv_net_cifar_ddp.py   # 2 machines: see README
+        --rdzv-endpoint HOST:29500 distributed/conv_net_cifar_ddp.py   # 2 machines: README.md
 
 torchrun starts one process per GPU (NCCL) or, without GPUs, per share of the CPU cores (Gloo).
-Rank 0 writes metrics.json, curves.png and, after every epoch, snapshot.pt into --out-dir; a run
-finding snapshot.pt there resumes after its last epoch (delete it to start afresh). So under
---max-restarts a crashed worker costs at most the epoch it was in.
+Rank 0 writes metrics.json, curves.png, model.pt and, after every epoch, snapshot.pt into
+--out-dir; a run finding snapshot.pt there resumes after its last epoch (delete it to start
+afresh). So under --max-restarts a crashed worker costs at most the epoch it was in.
+To use the trained model (the ConvNet class is in this file and in conv_net_cifar.py):
+    checkpoint = torch.load("runs/conv_net_cifar_ddp/model.pt", weights_only=True)
+    model = ConvNet()
+    model.load_state_dict(checkpoint["weights"])
 """
 
 import argparse
@@ -29,15 +33,12 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from signal import SIGINT, SIGTERM, signal
 
-import matplotlib
-
-matplotlib.use("Agg")  # draw into files; works without a display (servers, CI)
 import matplotlib.pyplot as plt
 import torch
 import torch.distributed as dist
@@ -49,13 +50,11 @@ from torchvision.datasets.utils import check_integrity
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
-# Inside this repository all scripts share its top-level data/ and runs/ (the folder holding
-# data/README.md); a copy of this script anywhere else keeps both in its own folder.
+# In this repository data/ and runs/ are the top-level ones; a copy elsewhere keeps its own.
 TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
+# The dataset, and the mean and std of its training pixels: all below derives from these.
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# Per-channel mean and std of the CIFAR-10 training images, for normalisation.
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
+CHANNELS, SIZE, MEAN, STD = 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 class ConvNet(nn.Module):
@@ -75,7 +74,7 @@ class ConvNet(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
-def epoch_batches(count, batch_size, epoch, seed, rank, world_size):
+def epoch_batches(count, batch_size, epoch, seed, ddp):
     """This rank's share of every batch of one epoch: (image indices, which of them to flip).
 
     Every rank draws the same order and flips for the whole epoch from a generator seeded by
@@ -90,63 +89,58 @@ def epoch_batches(count, batch_size, epoch, seed, rank, world_size):
     flips = torch.rand(count, generator=generator) < 0.5
     for start in range(0, count, batch_size):
         batch = order[start : start + batch_size]
-        mine = torch.tensor_split(batch, world_size)[rank]
+        mine = torch.tensor_split(batch, ddp.size)[ddp.rank]
         yield mine, flips[mine], len(batch)
 
 
-def train_one_epoch(
-    model, images, labels, optimizer, scheduler, scaler, autocast, epoch, args, ddp
-):
-    """One pass over the training set: (mean loss, accuracy), summed over all ranks."""
+def train_one_epoch(model, batches, optimizer, scheduler, amp):
+    """One pass over this rank's share of every batch: accuracy and mean loss, over all ranks."""
     model.train()
-    totals = torch.zeros(2, dtype=torch.float64, device=images.device)  # loss sum, correct
-    steps = math.ceil(len(images) / args.batch_size)
-    batches = epoch_batches(len(images), args.batch_size, epoch, args.seed, ddp.rank, ddp.size)
-    # disable=None: no progress bar when the output is not a terminal; only rank 0 draws one.
-    for index, flip, global_batch in tqdm(
-        batches, total=steps, disable=None if ddp.rank == 0 else True
-    ):
-        index, flip = index.to(images.device), flip.to(images.device)
-        x, y = images[index], labels[index]
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)  # a mirrored cat is still a cat
+    autocast, scaler = amp
+    ranks = dist.get_world_size()
+    # Sums of the loss, of correct answers and of images.
+    totals = torch.zeros(3, dtype=torch.float64, device=next(model.parameters()).device)
+    for images, labels, global_batch in batches:
         with autocast:
-            logits = model(x)
+            logits = model(images)
             # DDP averages the ranks' gradients; summing over this slice and dividing by the
             # global batch over the number of ranks makes that average the one-process mean.
-            loss = F.cross_entropy(logits, y, reduction="sum") * ddp.size / global_batch
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # DDP all-reduces the gradients here, bucket by bucket
-        scaler.step(optimizer)  # (unscales the gradients first, skips the step if any overflowed)
+            loss = F.cross_entropy(logits, labels, reduction="sum") * ranks / global_batch
+        optimizer.zero_grad()
+        # DDP all-reduces the gradients during backward(), bucket by bucket. The GradScaler
+        # does nothing unless the precision is fp16 (conv_net_cifar.py explains).
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        correct = (logits.argmax(1) == labels).sum()
         totals += torch.stack(
-            [
-                loss.detach().double() * global_batch / ddp.size,
-                (logits.argmax(1) == y).sum().double(),
-            ]
+            [loss.detach() * global_batch / ranks, correct, torch.tensor(len(labels))]
         )
-    dist.all_reduce(totals)  # sum over the ranks
-    return (totals / len(images)).tolist()
+    # Sums over the ranks.
+    dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    return dict(train_accuracy=correct / count, train_loss=loss_sum / count)
 
 
-@torch.no_grad()  # no gradients needed: faster and lighter
-def evaluate(model, images, labels, autocast, ddp, batch_size=1000):
-    """(mean loss, accuracy, confusion counts): each rank scores its slice of the images, and
-    the sums of all ranks are added up, so the figures equal a one-process evaluation."""
+# No gradients are needed to evaluate: faster, and less memory.
+@torch.no_grad()
+def evaluate(model, data, autocast, split):
+    """The model's accuracy and loss on `data` (images, labels), named after the split: each
+    rank scores its slice of the images, and the sums of all ranks are added up, so the figures
+    equal a one-process evaluation."""
     model.eval()
-    mine = torch.tensor_split(torch.arange(len(images), device=images.device), ddp.size)[ddp.rank]
-    loss_sum = torch.zeros(1, dtype=torch.float64, device=images.device)
-    counts = torch.zeros(100, dtype=torch.int64, device=images.device)  # [true * 10 + predicted]
-    for start in range(0, len(mine), batch_size):
-        x, y = images[mine[start : start + batch_size]], labels[mine[start : start + batch_size]]
+    images, labels = data
+    mine = torch.tensor_split(torch.arange(len(images)), dist.get_world_size())[dist.get_rank()]
+    totals = torch.zeros(2, dtype=torch.float64, device=images.device)
+    for batch in mine.split(1000):
         with autocast:
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        counts += torch.bincount(y * 10 + logits.argmax(1), minlength=100)
-    dist.all_reduce(loss_sum)
-    dist.all_reduce(counts)
-    counts = counts.view(10, 10).cpu()
-    return loss_sum.item() / len(images), (counts.trace() / counts.sum()).item(), counts
+            logits = model(images[batch])
+        loss = F.cross_entropy(logits.float(), labels[batch], reduction="sum")
+        totals += torch.stack([loss, (logits.argmax(1) == labels[batch]).sum()])
+    dist.all_reduce(totals)
+    loss_sum, correct = totals.tolist()
+    return {f"{split}_accuracy": correct / len(images), f"{split}_loss": loss_sum / len(images)}
 
 
 def main(argv=None):
@@ -154,85 +148,91 @@ def main(argv=None):
     ddp = start_process_group(args)  # rank, size, local rank and device of this process
     try:
         train(args, ddp)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from torchrun or a job scheduler
+    # Ctrl-C, or SIGTERM from torchrun or a job scheduler.
+    except KeyboardInterrupt:
         say(
             ddp,
             f"interrupted: run the same command again to resume from {args.out_dir}/snapshot.pt",
         )
         sys.exit(130)
-    except dist.DistError as err:  # a peer died mid-collective: its own error says why
-        fail(f"another process of the group stopped ({first_line(err)})")
+    # A peer died mid-collective: its own error says why.
+    except dist.DistError as err:
+        sys.exit(f"error: another process of the group stopped ({err!r})")
     finally:
         dist.destroy_process_group()
 
 
 def train(args, ddp):
-    torch.manual_seed(args.seed)  # the initial weights: the same on every rank
-    autocast = autocast_for(ddp.device, ddp.precision)
-    (train_images, train_labels), (test_images, test_labels) = load_cifar10_once(args, ddp)
+    # The initial weights: the same on every rank.
+    torch.manual_seed(args.seed)
+    # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
+    # GradScaler that keeps small gradients from vanishing (it does nothing otherwise).
+    dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
+    autocast = torch.autocast(args.device.type, dtype, enabled=args.precision != "fp32")
+    scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
+    (train_images, train_labels), test_data = load_cifar10_once(args, ddp)
     if args.dry_run:
         train_images, train_labels = train_images[:16], train_labels[:16]
-        test_images, test_labels = test_images[:16], test_labels[:16]
+        test_data = test_data[0][:16], test_data[1][:16]
     say(
         ddp,
-        f"data: {len(train_images)} training and {len(test_images)} test images, "
+        f"data: {len(train_images)} training and {len(test_data[0])} test images, "
         f"each batch of {args.batch_size} split over {ddp.size} process(es)",
     )
 
-    model = ConvNet().to(ddp.device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4
+    model = ConvNet().to(args.device)
+    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=0.9, weight_decay=5e-4)
+    steps = math.ceil(len(train_images) / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, args.lr, total_steps=args.epochs * steps
     )
-    total_steps = args.epochs * math.ceil(len(train_images) / args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps)
-    scaler = torch.amp.GradScaler(ddp.device.type, enabled=ddp.precision == "fp16")
     snapshot_path = args.out_dir / "snapshot.pt"
-    history = load_snapshot(snapshot_path, model, optimizer, scheduler, args, ddp)
+    history = load_snapshot(snapshot_path, model, optimizer, scheduler, args)
     resumed_from = len(history)
     if resumed_from:
         say(ddp, f"resuming from {snapshot_path}: epoch {resumed_from} of {args.epochs} was done")
     # DDP broadcasts rank 0's weights to every rank (so all start equal), and from now on
     # all-reduces the gradients during backward, overlapping that with the rest of backward.
     model = DistributedDataParallel(
-        model, device_ids=[ddp.device] if ddp.device.type == "cuda" else None
+        model, device_ids=[args.device] if args.device.type == "cuda" else None
     )
 
-    counts = None
+    test = None
     for epoch in range(resumed_from + 1, args.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(
-            model,
-            train_images,
-            train_labels,
-            optimizer,
-            scheduler,
-            scaler,
-            autocast,
-            epoch,
-            args,
-            ddp,
+        shares = epoch_batches(len(train_images), args.batch_size, epoch, args.seed, ddp)
+        # This rank's images of each batch, some flipped: a mirrored cat is still a cat.
+        batches = (
+            (flip_some(train_images[index], flip), train_labels[index], global_batch)
+            for index, flip, global_batch in shares
         )
+        # disable=None: a progress bar on a terminal only, and from rank 0 only.
+        progress = tqdm(batches, total=steps, disable=None if ddp.rank == 0 else True)
+        train = train_one_epoch(model, progress, optimizer, scheduler, (autocast, scaler))
         seconds = time.perf_counter() - start
-        test_loss, test_acc, counts = evaluate(model, test_images, test_labels, autocast, ddp)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc))
-        history[-1].update(test_loss=test_loss, test_accuracy=test_acc, seconds=seconds)
-        if ddp.rank == 0:  # one writer: the ranks hold the same weights
-            print(epoch_line(history[-1]))
+        test = evaluate(model, test_data, autocast, "test")
+        # One writer: the ranks hold the same weights.
+        with contextlib.redirect_stdout(sys.stdout if ddp.rank == 0 else None):
+            log_epoch(history, epoch=epoch, **train, **test, seconds=seconds)
+        if ddp.rank == 0:
             save_snapshot(snapshot_path, model.module, optimizer, scheduler, args, history)
 
-    if counts is None:  # the snapshot held every epoch already: nothing was trained
-        test_loss, test_acc, counts = evaluate(model, test_images, test_labels, autocast, ddp)
+    # The snapshot held every epoch already: nothing was trained.
+    if test is None:
+        test = evaluate(model, test_data, autocast, "test")
     if ddp.rank == 0:
+        results = dict(world_size=ddp.size, backend=ddp.backend, resumed_from_epoch=resumed_from)
+        write_metrics(args, history, **test, **results)
         save_plots(history, args.out_dir)
-        per_class = dict(zip(CLASSES, (counts.diag() / counts.sum(1).clamp(min=1)).tolist()))
-        results = dict(test_loss=test_loss, test_accuracy=test_acc, per_class_accuracy=per_class)
-        results.update(world_size=ddp.size, backend=ddp.backend, resumed_from_epoch=resumed_from)
-        write_metrics(args, ddp.device, ddp.precision, history, **results)
+        torch.save(dict(weights=model.module.state_dict()), args.out_dir / "model.pt")
 
 
-# ------------------------------------------------------------------------------------------
-# Plumbing: flags, the process group, errors, download, snapshots, plots. The lesson is above.
-# ------------------------------------------------------------------------------------------
+def flip_some(images, flip):
+    """The images, each one where `flip` is True mirrored left to right."""
+    return torch.where(flip.to(images.device).view(-1, 1, 1, 1), images.flip(3), images)
+
+
+# ---- plumbing: flags, the process group, data, snapshots, plots (the lesson is above) ----
 
 
 def parse_args(argv=None):
@@ -262,9 +262,9 @@ def parse_args(argv=None):
         default=300,
         help="seconds to wait for the other processes to join or answer (default 300)",
     )
-    add_common_flags(p, data="cifar-10-batches-py/")
-    args = p.parse_args(argv)
-    if args.dry_run:  # one tiny batch through training and evaluation; no snapshot
+    args = parse_with_common_flags(p, argv, data="cifar-10-batches-py/")
+    # One tiny batch through training and evaluation; no snapshot.
+    if args.dry_run:
         args.epochs, args.batch_size = 1, 16
     return args
 
@@ -279,38 +279,44 @@ def start_process_group(args):
     env = os.environ
     rank, size = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
     local_rank, local_size = int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", 1))
-    signal.signal(signal.SIGTERM, stop_on_sigterm)  # torchrun and schedulers stop with SIGTERM
+    # Ctrl-C, and the SIGTERM that torchrun and schedulers stop a job with: a clean stop.
+    signal(SIGINT, stop_cleanly)
+    signal(SIGTERM, stop_cleanly)
     # Each process computes on its share of the cores: more threads than cores only thrash.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
-    device, device_why = pick_device(args.device)
-    if device.type == "mps":
-        if args.device == "mps":
-            fail(
-                "--device mps: PyTorch has no distributed backend for Apple GPUs; use --device cpu"
-            )
-        device, device_why = torch.device("cpu"), "no distributed backend for Apple MPS"
+    if args.device == "mps":
+        sys.exit("error: --device mps: PyTorch has no distributed backend for Apple GPUs")
+    # Only rank 0 prints its choice; with "auto", a Mac's GPU is passed over for the CPU.
+    args.device = (
+        "cpu" if args.device == "auto" and torch.backends.mps.is_available() else args.device
+    )
+    with contextlib.redirect_stdout(sys.stdout if rank == 0 else None):
+        pick_device_and_precision(args)
+    device = args.device
     if device.type == "cuda":
         if local_size > torch.cuda.device_count():
-            fail(
-                f"{local_size} processes on this machine but {torch.cuda.device_count()} GPU(s): "
-                f"use --nproc-per-node {torch.cuda.device_count()} (one process per GPU)"
+            sys.exit(
+                f"error: {local_size} processes on this machine but {torch.cuda.device_count()} "
+                f"GPU(s): use --nproc-per-node {torch.cuda.device_count()} (one process per GPU)"
             )
-        device = torch.device("cuda", local_rank)
+        args.device = device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = (
         args.backend if args.backend != "auto" else "nccl" if device.type == "cuda" else "gloo"
     )
     if backend == "nccl" and device.type != "cuda":
-        fail("--backend nccl needs CUDA GPUs: use --backend gloo (or auto) on the CPU")
+        sys.exit("error: --backend nccl needs CUDA GPUs: use --backend gloo (or auto) on the CPU")
     if not dist.is_backend_available(backend):
-        fail(f"this PyTorch build has no {backend} backend: use --backend auto")
-    precision, precision_why = pick_precision(args.precision, device)
+        sys.exit(f"error: this PyTorch build has no {backend} backend: use --backend auto")
     if "MASTER_ADDR" in env:
         store = rendezvous_store(env, rank, size, args.timeout)
     elif size == 1:
-        store = dist.HashStore()  # a group of one: nothing to meet
+        # A group of one: nothing to meet.
+        store = dist.HashStore()
     else:
-        fail("WORLD_SIZE is set but MASTER_ADDR is not: start the processes with torchrun")
+        sys.exit(
+            "error: WORLD_SIZE is set but MASTER_ADDR is not: start the processes with torchrun"
+        )
     try:
         dist.init_process_group(
             backend,
@@ -320,15 +326,15 @@ def start_process_group(args):
             timeout=timedelta(seconds=args.timeout),
         )
     except (RuntimeError, dist.DistError) as err:
-        fail(
-            f"the {size} processes did not all join ({first_line(err)}): start the same command on "
+        sys.exit(
+            f"error: the {size} processes did not all join ({err!r}): start the same command on "
             "every machine, with the same --nnodes and --rdzv-endpoint, or raise --timeout"
         )
     if args.batch_size < size:
-        fail(f"--batch-size {args.batch_size} is smaller than the {size} processes sharing it")
-    ddp = argparse.Namespace(rank=rank, size=size, local_rank=local_rank, device=device)
-    ddp.precision, ddp.backend = precision, backend
-    say(ddp, f"device: {device} ({device_why}); precision: {precision} ({precision_why})")
+        sys.exit(
+            f"error: --batch-size {args.batch_size} is smaller than the {size} processes sharing it"
+        )
+    ddp = argparse.Namespace(rank=rank, size=size, local_rank=local_rank, backend=backend)
     say(ddp, f"processes: {size} ({backend}), {torch.get_num_threads()} thread(s) each")
     return ddp
 
@@ -352,15 +358,16 @@ def rendezvous_store(env, rank, size, timeout):
             timeout=timedelta(seconds=timeout),
         )
     except (RuntimeError, dist.DistError) as err:
-        fail(
-            f"could not reach {env['MASTER_ADDR']}:{env['MASTER_PORT']} ({first_line(err)}): "
+        sys.exit(
+            f"error: could not reach {env['MASTER_ADDR']}:{env['MASTER_PORT']} ({err!r}): "
             "check the address and that every machine runs the same command, or raise --timeout"
         )
     return dist.PrefixStore(f"round{env.get('TORCHELASTIC_RESTART_COUNT', 0)}", store)
 
 
-def stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # the same clean stop as Ctrl-C
+def stop_cleanly(signum, frame):
+    """Ctrl-C or SIGTERM: the same clean stop (main() says how to resume)."""
+    raise KeyboardInterrupt
 
 
 def say(ddp, message):
@@ -374,7 +381,7 @@ def load_cifar10_once(args, ddp):
     wait at a barrier, so they never write the same files at once."""
     if ddp.local_rank != 0:
         dist.barrier()
-    data = load_cifar10(args.data_dir, ddp.device)
+    data = load_cifar10(args.data_dir, args.device)
     if ddp.local_rank == 0:
         dist.barrier()
     return data
@@ -388,22 +395,23 @@ def load_cifar10(data_dir, device):
     """
     archive = data_dir / CIFAR10.filename
     if archive.exists() and not check_integrity(str(archive), CIFAR10.tgz_md5):
-        fail(f"{archive} failed its MD5 check (corrupt or partial download): delete it, run again")
+        sys.exit(f"error: {archive} failed its MD5 check (corrupt or partial download): delete it")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         download = not (data_dir / CIFAR10.base_folder).exists()
         splits = [CIFAR10(str(data_dir), train=train, download=download) for train in (True, False)]
     # No network, a broken connection, unpacked files failing their MD5 check:
     except (OSError, RuntimeError) as err:
-        fail(
-            f"could not get CIFAR-10 ({first_line(err)}). Download {CIFAR10.url} by hand "
+        sys.exit(
+            f"error: could not get CIFAR-10 ({err!r}). Download {CIFAR10.url} by hand "
             f"and put it in {data_dir}/ (or unpack it there as {CIFAR10.base_folder}/)"
         )
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
     tensors = []
     for split in splits:
-        images = torch.from_numpy(split.data).to(device).permute(0, 3, 1, 2)  # NHWC -> NCHW
+        # The files hold (N, height, width, channel) bytes; PyTorch wants (N, C, H, W).
+        images = torch.from_numpy(split.data).to(device).permute(0, 3, 1, 2)
         images = (images.float().div(255) - mean) / std
         # channels_last (NHWC in memory) is the layout the fast CPU and CUDA convolutions prefer;
         # several MPS kernels do not support it.
@@ -433,13 +441,13 @@ def save_snapshot(path, model, optimizer, scheduler, args, history):
     os.replace(temporary, path)
 
 
-def load_snapshot(path, model, optimizer, scheduler, args, ddp):
+def load_snapshot(path, model, optimizer, scheduler, args):
     """Load the snapshot at `path` into model, optimizer and scheduler, if there is one;
     return its history (the epochs done), or [] to start afresh."""
     if args.dry_run or not path.is_file():
         return []
     try:
-        state = torch.load(path, map_location=ddp.device, weights_only=True)
+        state = torch.load(path, map_location=args.device, weights_only=True)
         saved = state["settings"]
         if saved != settings(args):
             differ = [
@@ -447,27 +455,26 @@ def load_snapshot(path, model, optimizer, scheduler, args, ddp):
                 for k in saved
                 if saved[k] != settings(args)[k]
             ]
-            fail(
-                f"{path} was made with {', '.join(differ)}: run with those, or delete it (or give "
-                "another --out-dir) to start afresh"
+            sys.exit(
+                f"error: {path} was made with {', '.join(differ)}: run with those, or delete it "
+                "(or give another --out-dir) to start afresh"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"].cpu())
-        if ddp.device.type == "cuda" and state["cuda_rng"]:
+        if args.device.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-    except Exception as err:  # empty, truncated, not a torch file, or another script's file
-        fail(
-            f"{path} is not a snapshot of this script ({first_line(err)}): "
-            "delete it to start afresh"
+    # Empty, truncated, not a torch file, or another script's file: one line.
+    except Exception as err:
+        sys.exit(
+            f"error: {path} is not a snapshot of this script ({err!r}): delete it to start afresh"
         )
     return state["history"]
 
 
 def save_plots(history, out_dir):
     """curves.png: loss and accuracy per epoch, training and test."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "test"):
@@ -483,166 +490,73 @@ def save_plots(history, out_dir):
 # ---- the same in every script of this collection ----
 
 
-def add_common_flags(p, data):
+def parse_with_common_flags(p, argv, data, fp16=True):
     add = p.add_argument
     add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
-    add(
-        "--device",
-        choices=["auto", "cpu", "cuda", "mps"],
-        default="auto",
-        help="where to train (default auto: CUDA, then Apple MPS, then the CPU)",
-    )
-    add(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="number format (default auto: bf16 where the hardware has it natively, fp16 with "
-        "loss scaling on older CUDA GPUs, else fp32)",
-    )
-    add(
-        "--data-dir",
-        type=Path,
-        default=TOP / "data",
-        help=f"folder holding (or receiving) {data} (default: {TOP / 'data'})"
-        if data
-        else "unused: this script makes its data (kept so that every script takes the same flags)",
-    )
-    add(
-        "--out-dir",
-        type=Path,
-        default=TOP / "runs" / Path(__file__).stem,
-        help="where metrics.json and the plots go (default: runs/<script name>/)",
-    )
+    add("--device", default="auto", choices="auto cpu cuda mps xpu".split(), help="auto: any GPU")
+    formats = ["auto", "fp32", "bf16", "fp16"][: 3 + fp16]
+    add("--precision", default="auto", choices=formats, help="number format (default auto)")
+    if data:
+        add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
     add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    args = p.parse_args(argv)
+    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
 def positive(kind):
     """An argparse type: a number of `kind` above zero."""
 
     def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
+        with contextlib.suppress(ValueError):
+            if kind(text) > 0:
+                return kind(text)
+        raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
 
     return parse
 
 
-def fail(message):
-    """Stop with a one-line error instead of a traceback."""
-    sys.exit(f"error: {message}")
-
-
-def first_line(err):
-    """An exception as one short line (some, like EOFError, have no message at all)."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
-def pick_device(requested):
-    """(device, why): --device as asked; for 'auto', CUDA, then Apple MPS, then the CPU."""
-    gpu_problem = unsupported_gpu() if torch.cuda.is_available() else None
-    if requested in ("auto", "cuda") and torch.cuda.is_available() and not gpu_problem:
-        return torch.device("cuda"), torch.cuda.get_device_name()
-    if requested == "cuda":
-        fail(gpu_problem or "--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps was asked for, but Apple MPS is not available: use --device cpu")
-    if requested == "mps" or (requested == "auto" and torch.backends.mps.is_available()):
-        return torch.device("mps"), "Apple GPU"
-    why = f"{torch.get_num_threads()} threads" + (f"; {gpu_problem}" if gpu_problem else "")
-    return torch.device("cpu"), why
-
-
-def unsupported_gpu():
-    """Why this PyTorch build cannot run on the GPU, or None if it can.
-
-    A CUDA build carries kernels for some GPU generations only (the lock's CUDA 13 build: compute
-    capability 7.5 and newer). On an older GPU torch.cuda.is_available() is still True, and the
-    first kernel fails with "no kernel image is available".
-    """
-    capability = torch.cuda.get_device_capability()
-    for arch in torch.cuda.get_arch_list():  # e.g. "sm_75", "sm_90a", "compute_120"
-        kind, _, number = arch.partition("_")
-        digits = "".join(c for c in number if c.isdigit())
-        built = (int(digits[:-1]), int(digits[-1]))
-        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
-            return None  # machine code for this generation
-        if kind == "compute" and built <= capability:
-            return None  # PTX, compiled for this GPU when first used
-    major, minor = capability
-    return (
-        f"the GPU {torch.cuda.get_device_name()} (compute capability {major}.{minor}) is too old "
-        f"for this PyTorch build (kernels for {' '.join(torch.cuda.get_arch_list())}): install "
-        "a PyTorch build that supports it (pytorch.org), or use --device cpu"
-    )
-
-
-def pick_precision(requested, device):
-    """(precision, why): bf16 where the hardware has native bfloat16, fp16 (with a GradScaler) on
-    older CUDA GPUs, fp32 on MPS and on CPUs without bfloat16."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            best, why = "bf16", f"native bfloat16 on compute capability {major}.{minor}"
-        else:
-            best, why = "fp16", f"compute capability {major}.{minor}: no native bfloat16 before 8.0"
-    elif device.type == "mps":
-        best, why = "fp32", "the MPS default: mixed precision there is new and its speed varies"
-    elif cpu_has_native_bf16():
-        best, why = "bf16", "this CPU has native bfloat16"
-    else:
-        best, why = "fp32", "this CPU has no native bfloat16"
-    if requested == "auto":
-        return best, f"auto: {why}"
-    if requested == "bf16" and device.type == "cuda" and best != "bf16":
-        fail(f"--precision bf16: {why}; use --precision fp16 (or auto)")
-    return requested, "as asked"
-
-
-def cpu_has_native_bf16():
-    """PyTorch has no public check, so this asks oneDNN through a private call, guarded: if that
-    call ever changes or disappears, the answer is "no" (fp32), never a crash."""
+def pick_device_and_precision(args, fp16=True):
+    """Set args.device and args.precision: as asked, or for 'auto' the GPU PyTorch finds and bf16
+    where it is native (a CPU's oneDNN says, privately; errors mean no), else fp16 (CUDA), fp32."""
+    found = torch.accelerator.current_accelerator(check_available=True)
+    device = torch.device(found or "cpu" if args.device == "auto" else args.device)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
+        # One tiny operation: fails now, not mid-run, if the GPU is missing or too old for PyTorch.
+        torch.ones(1, device=device).add_(1).item()
+    except Exception as err:
+        if args.device != "auto":
+            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
+        print(f"the {device} GPU failed a test ({err!r}): using the CPU")
+        device = torch.device("cpu")
+    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    with contextlib.suppress(Exception):
+        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
+    precision = best if args.precision == "auto" else args.precision
+    if precision == "bf16" and cuda and not native:
+        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
+    args.device, args.precision = device, precision
 
 
-def autocast_for(device, precision):
-    """The context that runs matrix maths in bf16 or fp16 (weights and sums stay fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+def log_epoch(history, **figures):
+    """Keep one epoch's figures and print them on one line, the same way in every script."""
+    history.append(figures)
+    print("  ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in figures.items()))
 
 
-def epoch_line(entry):
-    """One epoch's figures, printed the same way in every script."""
-    line = f"epoch {entry['epoch']:2d}"
-    for split in ("train", "val", "test"):
-        if f"{split}_accuracy" in entry:
-            loss, accuracy = entry[f"{split}_loss"], entry[f"{split}_accuracy"]
-            line += f"  {split} loss {loss:.4f}  {split} acc {accuracy:.4f}"
-    return line + f"  time {entry['seconds']:.1f}s"
-
-
-def write_metrics(args, device, precision, history, name="metrics.json", **results):
-    """metrics.json: which script ran where and how, its final figures (test_* are only ever
-    test-set figures), and every epoch's; then print the headline figure."""
-    split = "test" if "test_accuracy" in results else "val"
-    metrics = dict(script=Path(__file__).name, device=str(device), precision=precision)
-    metrics.update(torch=torch.__version__, threads=torch.get_num_threads(), seed=args.seed)
-    if device.type == "cuda":
-        metrics["gpu"] = torch.cuda.get_device_name()
-        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    metrics.update(eval_split=split, **results)
-    if history:  # a training run (--eval-only trains nothing, so it records no epochs)
-        metrics.update(epochs=len(history), train_seconds=sum(h["seconds"] for h in history))
-        metrics["history"] = history
+def write_metrics(args, history, **results):
+    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
+    headline = next(iter(results))
+    metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
+    metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
+    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / name).write_text(json.dumps(metrics, indent=2))
-    print(f"{split} accuracy {results[f'{split}_accuracy']:.4f}; results in {args.out_dir}")
+    (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")
 
 
 if __name__ == "__main__":

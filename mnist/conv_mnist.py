@@ -3,167 +3,155 @@
 Model:  three 3x3 convolutions (1->64, 64->32, 32->32, no padding), each followed by ReLU
         and 2x2 max-pooling, dropout 0.25 after the 2nd and 3rd, then Linear(32, 10);
         cross-entropy loss, Adam with a one-cycle learning-rate schedule.
-        The tutorial this comes from flattened to 320 features and called F.Dropout
-        (which does not exist); the shapes below show why 32 is right.
+        (The tutorial this grew from flattened to 320 features and called F.Dropout, which
+        does not exist; the shapes below show why 32 is right.)
 Data:   MNIST, 60,000 training and 10,000 test images of handwritten digits,
         downloaded by torchvision into the top-level data/ folder on first use.
-Expect: about 98.5% test accuracy after the default 3 epochs, 13-20 seconds
-        an epoch on a laptop CPU (README has measured figures).
+Expect: about 0.985 test accuracy after the default 3 epochs, 13-20 s an epoch on a
+        2-core CPU (benchmarks/README.md).
 
 Run:
     python mnist/conv_mnist.py             # train with the defaults
     python mnist/conv_mnist.py --dry-run   # one tiny batch: checks the set-up in seconds
-    python mnist/conv_mnist.py --help      # every setting
+    python mnist/conv_mnist.py --help      # every flag
 
-Writes metrics.json and curves.png into --out-dir.
+Writes metrics.json, curves.png and model.pt into --out-dir. To use the trained model:
+    checkpoint = torch.load("runs/conv_mnist/model.pt", weights_only=True)
+    model = ConvNet()
+    model.load_state_dict(checkpoint["weights"])
 """
 
 import argparse
 import contextlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
+from signal import SIGINT, signal
 
-import matplotlib
-
-matplotlib.use("Agg")  # draw into files; works without a display (servers, CI)
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset, TensorDataset
 from torchvision.datasets import MNIST
-from torchvision.datasets.utils import check_integrity
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
-# Inside this repository all scripts share its top-level data/ and runs/ (the folder holding
-# data/README.md); a copy of this script anywhere else keeps both in its own folder.
+# In this repository data/ and runs/ are the top-level ones; a copy elsewhere keeps its own.
 TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
-MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels, for normalisation
+# The dataset, and the mean and std of its training pixels: all below derives from these.
+CLASSES = tuple(str(digit) for digit in range(10))
+CHANNELS, SIZE = 1, 28
+MEAN, STD = 0.1307, 0.3081
 
 
 class ConvNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 64, 3)
+        self.conv1 = nn.Conv2d(CHANNELS, 64, 3)
         self.conv2 = nn.Conv2d(64, 32, 3)
         self.conv3 = nn.Conv2d(32, 32, 3)
-        self.dropout = nn.Dropout(0.25)  # a module (nn.Dropout), so model.eval() switches it off
+        # A module (nn.Dropout, not a function), so that model.eval() switches it off.
+        self.dropout = nn.Dropout(0.25)
         # Size of the flattened features: a 3x3 convolution without padding takes 2 pixels off
         # each side length, and a 2x2 max-pool halves it (rounding down):
         #   28 -conv-> 26 -pool-> 13 -conv-> 11 -pool-> 5 -conv-> 3 -pool-> 1,
         # so 32 channels x 1 x 1 = 32 features.
-        self.out = nn.Linear(32 * 1 * 1, 10)
+        side = SIZE
+        for _ in range(3):
+            side = (side - 2) // 2
+        self.out = nn.Linear(32 * side * side, len(CLASSES))
 
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, 64, 13, 13)
-        x = self.dropout(F.max_pool2d(F.relu(self.conv2(x)), 2))  # (N, 32, 5, 5)
-        x = self.dropout(F.max_pool2d(F.relu(self.conv3(x)), 2))  # (N, 32, 1, 1)
+    def forward(self, images):
+        # Shapes for 28x28 inputs: (N, 64, 13, 13), then (N, 32, 5, 5), then (N, 32, 1, 1).
+        x = F.max_pool2d(F.relu(self.conv1(images)), 2)
+        x = self.dropout(F.max_pool2d(F.relu(self.conv2(x)), 2))
+        x = self.dropout(F.max_pool2d(F.relu(self.conv3(x)), 2))
         return self.out(x.flatten(1))
 
 
-def batches(images, labels, batch_size, generator=None):
-    """Mini-batches sliced from tensors in memory; in a random order if given a seeded generator."""
-    order = (
-        torch.randperm(len(images), generator=generator) if generator else torch.arange(len(images))
-    )
-    order = order.to(images.device)
-    for start in range(0, len(images), batch_size):
-        index = order[start : start + batch_size]
-        yield images[index], labels[index]
-
-
-def train_one_epoch(model, images, labels, optimizer, scheduler, scaler, autocast, args, generator):
-    """One pass over the training set: (mean loss, accuracy on the batches as they were trained,
-    the loss of every step)."""
+def train_one_epoch(model, loader, optimizer, scheduler, amp):
+    """One pass over the training set: its figures, as trained, and the loss of every step."""
     model.train()
+    autocast, scaler = amp
     step_losses, correct = [], 0
-    steps = math.ceil(len(images) / args.batch_size)
-    # disable=None: no progress bar when the output is not a terminal (a log file, CI).
-    for x, y in tqdm(
-        batches(images, labels, args.batch_size, generator), total=steps, disable=None
-    ):
+    # disable=None: a progress bar on a terminal only, not in a log file.
+    for images, labels in tqdm(loader, disable=None):
         with autocast:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # fp16 only: the loss is scaled up so small gradients survive
-        scaler.step(optimizer)  # (unscales the gradients first, skips the step if any overflowed)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        # The GradScaler does nothing unless the precision is fp16 (conv_net_cifar.py explains).
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         step_losses.append(loss.item())
-        correct += (logits.argmax(1) == y).sum().item()
-    return sum(step_losses) / len(step_losses), correct / len(images), step_losses
+        correct += (logits.argmax(1) == labels).sum().item()
+    accuracy, loss = correct / len(loader.dataset), sum(step_losses) / len(step_losses)
+    return dict(train_accuracy=accuracy, train_loss=loss, step_losses=step_losses)
 
 
-@torch.no_grad()  # no gradients needed: faster and lighter
-def evaluate(model, images, labels, autocast, batch_size=500):
-    """(mean loss, accuracy) of the model on `images`."""
+# No gradients are needed to evaluate: faster, and less memory.
+@torch.no_grad()
+def evaluate(model, loader, autocast, split):
+    """The model's accuracy and loss on every batch of `loader`, named after the split."""
     model.eval()
     total_loss = correct = 0
-    for x, y in batches(images, labels, batch_size):
+    for images, labels in loader:
         with autocast:
-            logits = model(x)
-        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return total_loss / len(images), correct / len(images)
+            logits = model(images)
+        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+    accuracy, loss = correct / len(loader.dataset), total_loss / len(loader.dataset)
+    return {f"{split}_accuracy": accuracy, f"{split}_loss": loss}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(args.seed)  # the initial weights and dropout
-    generator = torch.Generator().manual_seed(args.seed)  # batch order
-    device, device_why = pick_device(args.device)
-    precision, precision_why = pick_precision(args.precision, device)
-    print(f"device: {device} ({device_why}); precision: {precision} ({precision_why})")
-    autocast = autocast_for(device, precision)
+    # The same seed, the same initial weights, dropout and batch order: the same result on one
+    # machine.
+    torch.manual_seed(args.seed)
+    pick_device_and_precision(args)
+    # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
+    # GradScaler that keeps small gradients from vanishing (it does nothing otherwise).
+    dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
+    autocast = torch.autocast(args.device.type, dtype, enabled=args.precision != "fp32")
+    scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
 
-    # The whole dataset, decoded and normalised once, as tensors on the device.
-    (train_images, train_labels), (test_images, test_labels) = load_mnist(args.data_dir, device)
+    download(args.data_dir)
+    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (1, 0))
     if args.dry_run:
-        train_images, train_labels = train_images[:16], train_labels[:16]
-        test_images, test_labels = test_images[:16], test_labels[:16]
-    print(f"data: {len(train_images)} training and {len(test_images)} test images")
+        # One epoch of 16 random examples (seeded): several classes, whatever the files' order.
+        pick, args.epochs = torch.randperm(len(test_set))[:16].tolist(), 1
+        train_set, test_set = Subset(train_set, pick), Subset(test_set, pick)
+    print(f"data: {len(train_set)} training and {len(test_set)} test images")
+    # Whole batches of indices: the DataLoader slices each batch out of the tensors at once.
+    shuffled = BatchSampler(RandomSampler(train_set), args.batch_size, drop_last=False)
+    train_loader = DataLoader(train_set, sampler=shuffled, batch_size=None)
+    test_loader = DataLoader(test_set, batch_size=1000)
 
-    model = ConvNet().to(device)
+    model = ConvNet().to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # One-cycle: warm up, then anneal to ~0: a given accuracy in fewer epochs than a fixed rate.
-    total_steps = args.epochs * math.ceil(len(train_images) / args.batch_size)
+    total_steps = args.epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps)
-    # fp16 keeps too few exponent bits for small gradients: GradScaler scales the loss up before
-    # backward and the gradients down before the step. With bf16 or fp32 it does nothing.
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     history, step_losses = [], []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc, losses = train_one_epoch(
-            model,
-            train_images,
-            train_labels,
-            optimizer,
-            scheduler,
-            scaler,
-            autocast,
-            args,
-            generator,
-        )
-        seconds = time.perf_counter() - start
-        step_losses += losses
-        test_loss, test_acc = evaluate(model, test_images, test_labels, autocast)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc))
-        history[-1].update(test_loss=test_loss, test_accuracy=test_acc, seconds=seconds)
-        print(epoch_line(history[-1]))
+        train = train_one_epoch(model, train_loader, optimizer, scheduler, (autocast, scaler))
+        seconds, step_losses = time.perf_counter() - start, step_losses + train.pop("step_losses")
+        test = evaluate(model, test_loader, autocast, "test")
+        log_epoch(history, epoch=epoch, **train, **test, seconds=seconds)
 
+    write_metrics(args, history, **test)
     save_plots(history, step_losses, args.out_dir)
-    write_metrics(args, device, precision, history, test_loss=test_loss, test_accuracy=test_acc)
+    torch.save(dict(weights=model.state_dict(), classes=CLASSES), args.out_dir / "model.pt")
 
 
-# ------------------------------------------------------------------------------------------
-# Plumbing: flags, errors, device and precision, download, plots. The lesson is above.
-# ------------------------------------------------------------------------------------------
+# ---- plumbing: flags, data, plots (the lesson is above) ----
 
 
 def parse_args(argv=None):
@@ -172,47 +160,35 @@ def parse_args(argv=None):
     add("--epochs", type=positive(int), default=3, help="passes over the training set (default 3)")
     add("--batch-size", type=positive(int), default=64, help="images per step (default 64)")
     add("--lr", type=positive(float), default=5e-3, help="peak Adam learning rate (default 5e-3)")
-    add_common_flags(p, data="MNIST/raw/")
-    args = p.parse_args(argv)
-    if args.dry_run:  # one tiny batch through training and evaluation
-        args.epochs, args.batch_size = 1, 16
-    return args
+    return parse_with_common_flags(p, argv, data="MNIST/raw/")
 
 
-def load_mnist(data_dir, device):
-    """Train and test (images, labels) as tensors on `device`, images normalised, (N, 1, 28, 28).
-
-    MNIST is small (47 MB as bytes), so it is decoded and normalised once here and batches
-    are sliced from memory, instead of converting image by image every epoch.
-    """
-    raw = data_dir / "MNIST" / "raw"
-    for filename, md5 in MNIST.resources:
-        if (raw / filename).exists() and not check_integrity(str(raw / filename), md5):
-            fail(f"{raw / filename} failed its MD5 check (corrupt or partial download): delete it")
-    # No network, a broken connection, unpacked files failing their MD5 check:
+def download(data_dir):
+    """MNIST's four files into data_dir/MNIST/raw/ on first use; torchvision checks their MD5s.
+    No network, a broken connection or a corrupt file ends in one line saying what to do."""
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        splits = [MNIST(str(data_dir), train=train, download=True) for train in (True, False)]
-    except (OSError, RuntimeError) as err:
-        names = ", ".join(name for name, _ in MNIST.resources)
-        fail(
-            f"could not get MNIST ({first_line(err)}). Download {names} "
-            f"from {MNIST.mirrors[0]} by hand and put them in {raw}/"
-        )
-    tensors = []
-    for split in splits:
-        images = ((split.data.float() / 255 - MEAN) / STD).unsqueeze(1).to(device)
-        # channels_last (NHWC in memory) is the layout the fast CPU and CUDA convolutions prefer;
-        # several MPS kernels do not support it.
-        if device.type != "mps":
-            images = images.contiguous(memory_format=torch.channels_last)
-        tensors.append((images, split.targets.to(device)))
-    return tensors
+        for train in (True, False):
+            MNIST(data_dir, train=train, download=True)
+    except (OSError, RuntimeError, EOFError) as err:
+        files = ", ".join(name for name, _ in MNIST.resources)
+        raw, url = data_dir / "MNIST" / "raw", MNIST.mirrors[0]
+        sys.exit(f"error: could not get MNIST ({err!r}): put {files} from {url} in {raw}/")
+
+
+def load_split(data_dir, train, device):
+    """One split as a TensorDataset on `device`: normalised (N, CHANNELS, SIZE, SIZE) images,
+    decoded once, here, not image by image in every epoch, and their labels."""
+    split = MNIST(data_dir, train=train)
+    images = (split.data.float().div(255).view(-1, CHANNELS, SIZE, SIZE) - MEAN) / STD
+    # channels_last (NHWC in memory) is the layout the fast CPU and CUDA convolutions prefer;
+    # several MPS kernels do not support it.
+    if device.type != "mps":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return TensorDataset(images.to(device), split.targets.to(device))
 
 
 def save_plots(history, step_losses, out_dir):
     """curves.png: the loss of every training step, and accuracy per epoch."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(step_losses, linewidth=0.5)
     ax_loss.set(xlabel="training step", ylabel="cross-entropy loss", yscale="log")
@@ -228,166 +204,73 @@ def save_plots(history, step_losses, out_dir):
 # ---- the same in every script of this collection ----
 
 
-def add_common_flags(p, data):
+def parse_with_common_flags(p, argv, data, fp16=True):
     add = p.add_argument
     add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
-    add(
-        "--device",
-        choices=["auto", "cpu", "cuda", "mps"],
-        default="auto",
-        help="where to train (default auto: CUDA, then Apple MPS, then the CPU)",
-    )
-    add(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="number format (default auto: bf16 where the hardware has it natively, fp16 with "
-        "loss scaling on older CUDA GPUs, else fp32)",
-    )
-    add(
-        "--data-dir",
-        type=Path,
-        default=TOP / "data",
-        help=f"folder holding (or receiving) {data} (default: {TOP / 'data'})"
-        if data
-        else "unused: this script makes its data (kept so that every script takes the same flags)",
-    )
-    add(
-        "--out-dir",
-        type=Path,
-        default=TOP / "runs" / Path(__file__).stem,
-        help="where metrics.json and the plots go (default: runs/<script name>/)",
-    )
+    add("--device", default="auto", choices="auto cpu cuda mps xpu".split(), help="auto: any GPU")
+    formats = ["auto", "fp32", "bf16", "fp16"][: 3 + fp16]
+    add("--precision", default="auto", choices=formats, help="number format (default auto)")
+    if data:
+        add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
     add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    args = p.parse_args(argv)
+    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
 def positive(kind):
     """An argparse type: a number of `kind` above zero."""
 
     def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
+        with contextlib.suppress(ValueError):
+            if kind(text) > 0:
+                return kind(text)
+        raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
 
     return parse
 
 
-def fail(message):
-    """Stop with a one-line error instead of a traceback."""
-    sys.exit(f"error: {message}")
-
-
-def first_line(err):
-    """An exception as one short line (some, like EOFError, have no message at all)."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
-def pick_device(requested):
-    """(device, why): --device as asked; for 'auto', CUDA, then Apple MPS, then the CPU."""
-    gpu_problem = unsupported_gpu() if torch.cuda.is_available() else None
-    if requested in ("auto", "cuda") and torch.cuda.is_available() and not gpu_problem:
-        return torch.device("cuda"), torch.cuda.get_device_name()
-    if requested == "cuda":
-        fail(gpu_problem or "--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps was asked for, but Apple MPS is not available: use --device cpu")
-    if requested == "mps" or (requested == "auto" and torch.backends.mps.is_available()):
-        return torch.device("mps"), "Apple GPU"
-    why = f"{torch.get_num_threads()} threads" + (f"; {gpu_problem}" if gpu_problem else "")
-    return torch.device("cpu"), why
-
-
-def unsupported_gpu():
-    """Why this PyTorch build cannot run on the GPU, or None if it can.
-
-    A CUDA build carries kernels for some GPU generations only (the lock's CUDA 13 build: compute
-    capability 7.5 and newer). On an older GPU torch.cuda.is_available() is still True, and the
-    first kernel fails with "no kernel image is available".
-    """
-    capability = torch.cuda.get_device_capability()
-    for arch in torch.cuda.get_arch_list():  # e.g. "sm_75", "sm_90a", "compute_120"
-        kind, _, number = arch.partition("_")
-        digits = "".join(c for c in number if c.isdigit())
-        built = (int(digits[:-1]), int(digits[-1]))
-        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
-            return None  # machine code for this generation
-        if kind == "compute" and built <= capability:
-            return None  # PTX, compiled for this GPU when first used
-    major, minor = capability
-    return (
-        f"the GPU {torch.cuda.get_device_name()} (compute capability {major}.{minor}) is too old "
-        f"for this PyTorch build (kernels for {' '.join(torch.cuda.get_arch_list())}): install "
-        "a PyTorch build that supports it (pytorch.org), or use --device cpu"
-    )
-
-
-def pick_precision(requested, device):
-    """(precision, why): bf16 where the hardware has native bfloat16, fp16 (with a GradScaler) on
-    older CUDA GPUs, fp32 on MPS and on CPUs without bfloat16."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            best, why = "bf16", f"native bfloat16 on compute capability {major}.{minor}"
-        else:
-            best, why = "fp16", f"compute capability {major}.{minor}: no native bfloat16 before 8.0"
-    elif device.type == "mps":
-        best, why = "fp32", "the MPS default: mixed precision there is new and its speed varies"
-    elif cpu_has_native_bf16():
-        best, why = "bf16", "this CPU has native bfloat16"
-    else:
-        best, why = "fp32", "this CPU has no native bfloat16"
-    if requested == "auto":
-        return best, f"auto: {why}"
-    if requested == "bf16" and device.type == "cuda" and best != "bf16":
-        fail(f"--precision bf16: {why}; use --precision fp16 (or auto)")
-    return requested, "as asked"
-
-
-def cpu_has_native_bf16():
-    """PyTorch has no public check, so this asks oneDNN through a private call, guarded: if that
-    call ever changes or disappears, the answer is "no" (fp32), never a crash."""
+def pick_device_and_precision(args, fp16=True):
+    """Set args.device and args.precision: as asked, or for 'auto' the GPU PyTorch finds and bf16
+    where it is native (a CPU's oneDNN says, privately; errors mean no), else fp16 (CUDA), fp32."""
+    found = torch.accelerator.current_accelerator(check_available=True)
+    device = torch.device(found or "cpu" if args.device == "auto" else args.device)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
+        # One tiny operation: fails now, not mid-run, if the GPU is missing or too old for PyTorch.
+        torch.ones(1, device=device).add_(1).item()
+    except Exception as err:
+        if args.device != "auto":
+            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
+        print(f"the {device} GPU failed a test ({err!r}): using the CPU")
+        device = torch.device("cpu")
+    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    with contextlib.suppress(Exception):
+        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
+    precision = best if args.precision == "auto" else args.precision
+    if precision == "bf16" and cuda and not native:
+        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
+    args.device, args.precision = device, precision
 
 
-def autocast_for(device, precision):
-    """The context that runs matrix maths in bf16 or fp16 (weights and sums stay fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+def log_epoch(history, **figures):
+    """Keep one epoch's figures and print them on one line, the same way in every script."""
+    history.append(figures)
+    print("  ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in figures.items()))
 
 
-def epoch_line(entry):
-    """One epoch's figures, printed the same way in every script."""
-    line = f"epoch {entry['epoch']:2d}"
-    for split in ("train", "val", "test"):
-        if f"{split}_accuracy" in entry:
-            loss, accuracy = entry[f"{split}_loss"], entry[f"{split}_accuracy"]
-            line += f"  {split} loss {loss:.4f}  {split} acc {accuracy:.4f}"
-    return line + f"  time {entry['seconds']:.1f}s"
-
-
-def write_metrics(args, device, precision, history, name="metrics.json", **results):
-    """metrics.json: which script ran where and how, its final figures (test_* are only ever
-    test-set figures), and every epoch's; then print the headline figure."""
-    split = "test" if "test_accuracy" in results else "val"
-    metrics = dict(script=Path(__file__).name, device=str(device), precision=precision)
-    metrics.update(torch=torch.__version__, threads=torch.get_num_threads(), seed=args.seed)
-    if device.type == "cuda":
-        metrics["gpu"] = torch.cuda.get_device_name()
-        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    metrics.update(eval_split=split, **results)
-    if history:  # a training run (--eval-only trains nothing, so it records no epochs)
-        metrics.update(epochs=len(history), train_seconds=sum(h["seconds"] for h in history))
-        metrics["history"] = history
+def write_metrics(args, history, **results):
+    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
+    headline = next(iter(results))
+    metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
+    metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
+    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / name).write_text(json.dumps(metrics, indent=2))
-    print(f"{split} accuracy {results[f'{split}_accuracy']:.4f}; results in {args.out_dir}")
+    (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")
 
 
 if __name__ == "__main__":

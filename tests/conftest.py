@@ -33,6 +33,11 @@ def all_scripts():
     ]
 
 
+def takes_data_dir(script):
+    """Whether a script reads a dataset (--data-dir): a script that makes its data has none."""
+    return "data=None" not in Path(script).read_text()
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A folder holding every tiny fixture dataset, with torchvision told their MD5s."""

@@ -1,78 +1,177 @@
-"""The CIFAR-10 scripts read the official python batches correctly; their models fit the data."""
+"""The CIFAR-10 scripts read the official python batches correctly; their models fit the data;
+conv_net_cifar.py --image-folder trains on a folder of the learner's own images."""
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 
 import fixtures
-from conftest import load_script
+from conftest import REPO, load_script
 
-CIFAR_SCRIPTS = ["feedforward_1_hid_nn.py", "feedforward_3_hid_nn.py", "conv_net_cifar.py"]
+FEEDFORWARD = ["feedforward_1_hid_nn.py", "feedforward_3_hid_nn.py"]
 
 
-@pytest.mark.parametrize("script", CIFAR_SCRIPTS)
-def test_loader_decodes_labels_and_normalises(script, data_dir):
-    module = load_script(script)
-    (train_x, train_y), (test_x, test_y) = module.load_cifar10(data_dir, torch.device("cpu"))
-    n_train = 5 * fixtures.CIFAR_TRAIN_PER_BATCH
-    assert train_x.shape == (n_train, 3, 32, 32) and test_x.shape == (
-        fixtures.CIFAR_TEST,
-        3,
-        32,
-        32,
+def expected_pixels(i, mean=(0.0,) * 3, std=(1.0,) * 3):
+    """Every pixel of fixture image i holds pixel_value(i): (3, 32, 32), normalised per channel."""
+    value = torch.full((3, 1, 1), fixtures.pixel_value(i) / 255)
+    return ((value - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)).expand(
+        3, 32, 32
     )
-    assert train_x.dtype == torch.float32
-    assert train_y.tolist() == [i % 10 for i in range(n_train)]
-    assert test_y.tolist() == [i % 10 for i in range(fixtures.CIFAR_TEST)]
-    # Every pixel of image i holds pixel_value(i); each channel is normalised by its own mean, std.
-    mean, std = torch.tensor(module.MEAN).view(3, 1, 1), torch.tensor(module.STD).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("script", FEEDFORWARD)
+def test_feedforward_loader_decodes_labels_and_normalises(script, data_dir):
+    module = load_script(script)
+    n_train = 5 * fixtures.CIFAR_TRAIN_PER_BATCH
+    for train, count in ((True, n_train), (False, fixtures.CIFAR_TEST)):
+        images, labels = module.load_split(data_dir, train, torch.device("cpu")).tensors
+        assert images.shape == (count, 3, 32, 32) and images.dtype == torch.float32
+        assert labels.tolist() == [i % 10 for i in range(count)]
+    images = module.load_split(data_dir, True, torch.device("cpu")).tensors[0]
     for i in (0, 1, n_train - 1):
-        expected = (fixtures.pixel_value(i) / 255 - mean) / std
-        assert torch.allclose(train_x[i], expected.expand(3, 32, 32), atol=1e-5)
+        assert torch.allclose(images[i], expected_pixels(i, module.MEAN, module.STD), atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "script, model_name",
-    [
-        ("feedforward_1_hid_nn.py", "FeedForwardNet"),
-        ("feedforward_3_hid_nn.py", "FeedForwardNet"),
-        ("conv_net_cifar.py", "ConvNet"),
-    ],
-)
-def test_model_maps_images_to_ten_logits(script, model_name):
-    model = getattr(load_script(script), model_name)()
-    assert model(torch.randn(7, 3, 32, 32)).shape == (7, 10)
+def test_conv_net_loader_keeps_pixels_in_0_1_and_the_model_normalises(data_dir):
+    module = load_script("conv_net_cifar.py")
+    train, test = module.load_cifar10(data_dir)
+    assert len(train) == 5 * fixtures.CIFAR_TRAIN_PER_BATCH and len(test) == fixtures.CIFAR_TEST
+    images, labels = train.tensors
+    assert labels.tolist() == [i % 10 for i in range(len(train))]
+    assert torch.allclose(images[7], expected_pixels(7), atol=1e-6)
+    # The mean and std the model was built with travel inside it, into model.pt.
+    model = module.ConvNet(classes=10, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+    assert torch.equal(model.state_dict()["mean"].flatten(), torch.tensor([0.5, 0.4, 0.3]))
+
+
+@pytest.mark.parametrize("script", FEEDFORWARD)
+def test_feedforward_model_maps_images_to_ten_logits(script):
+    assert load_script(script).FeedForwardNet()(torch.randn(7, 3, 32, 32)).shape == (7, 10)
 
 
 def test_conv_net_layers_are_as_the_readme_teaches():
-    net = load_script("conv_net_cifar.py").ConvNet()
+    net = load_script("conv_net_cifar.py").ConvNet(classes=5)
     convs = [
         (c.in_channels, c.out_channels, c.kernel_size, c.padding)
         for c in (net.conv1, net.conv2, net.conv3)
     ]
     assert convs == [(3, 8, (3, 3), (1, 1)), (8, 16, (3, 3), (1, 1)), (16, 24, (3, 3), (1, 1))]
-    assert (net.fc1.in_features, net.fc1.out_features, net.fc2.out_features) == (
-        24 * 8 * 8,
-        100,
-        10,
-    )
+    assert (net.fc1.in_features, net.fc1.out_features, net.fc2.out_features) == (24 * 8 * 8, 100, 5)
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 5)
+
+
+class Predicts:
+    """A stand-in model that answers the given classes, one image at a time, in order."""
+
+    def __init__(self, answers, classes):
+        self.answers, self.classes, self.mean = list(answers), classes, torch.zeros(1)
+
+    def __call__(self, images):
+        answers, self.answers = self.answers[: len(images)], self.answers[len(images) :]
+        return torch.nn.functional.one_hot(torch.tensor(answers), self.classes).float()
 
 
 def test_per_class_accuracy_counts_every_image_once(tmp_path):
     module = load_script("conv_net_cifar.py")
-    labels = torch.tensor([0, 0, 1, 9, 9, 9, 3])  # 7 images: not a multiple of any batch size
-    predictions = torch.tensor([0, 1, 1, 9, 9, 2, 3])
-    counts = module.confusion_matrix(labels, predictions)
-    assert (
-        counts.sum() == 7
-        and counts[0, 0] == 1
-        and counts[0, 1] == 1
-        and counts[9, 9] == 2
-        and counts[9, 2] == 1
-    )
-    per_class = module.report_classes(counts, tmp_path)
-    assert (
-        per_class["plane"] == 0.5
-        and per_class["truck"] == pytest.approx(2 / 3)
-        and per_class["deer"] == 0
-    )
+    # 7 images in batches of 3: not a multiple of the batch size.
+    labels = torch.tensor([0, 0, 1, 9, 9, 9, 3])
+    loader = DataLoader(torch.utils.data.TensorDataset(torch.zeros(7, 3, 32, 32), labels), 3)
+    model = Predicts([0, 1, 1, 9, 9, 2, 3], 10)
+    per_class = module.report_classes(model, loader, module.CIFAR10_CLASSES, tmp_path)
+    assert per_class["plane"] == 0.5 and per_class["truck"] == pytest.approx(2 / 3)
+    assert per_class["car"] == 1 and per_class["deer"] == 0
     assert (tmp_path / "confusion_matrix.png").exists()
+
+
+# ---- --image-folder ----
+
+CLASSES = ["ant", "bee", "cow"]
+
+
+def write_image_folder(root, test=True, per_class=6):
+    """root/train/<class>/ (and root/test/<class>/) PNGs of mixed sizes and colour modes, named so
+    that a listing is sorted by class; each class has its own grey level."""
+    for split in ("train", "test") if test else ("train",):
+        for k, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                mode, size = [("L", (28, 28)), ("RGB", (40, 30)), ("RGBA", (64, 64))][i % 3]
+                colour = 60 + 80 * k if mode == "L" else (60 + 80 * k,) * len(mode)
+                Image.new(mode, size, colour).save(folder / f"{name}_{i:03d}.png")
+    return root
+
+
+def test_image_folder_reads_any_size_and_mode_into_the_network_input(tmp_path):
+    module = load_script("conv_net_cifar.py")
+    (train, test), classes = module.load_image_folder(write_image_folder(tmp_path), seed=0)
+    assert classes == CLASSES and len(train) == len(test) == 3 * 6
+    images, labels = train.tensors
+    assert images.shape == (18, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    # Each class's grey level, in every channel, whatever the file's mode and size.
+    for k in range(3):
+        assert torch.allclose(images[labels == k], torch.tensor((60 + 80 * k) / 255), atol=0.01)
+
+
+def test_image_folder_without_test_holds_out_a_seeded_part(tmp_path, capsys):
+    module = load_script("conv_net_cifar.py")
+    folder = write_image_folder(tmp_path, test=False, per_class=10)
+    (train, test), _ = module.load_image_folder(folder, seed=0)
+    assert len(train) == 24 and len(test) == 6 and "are the test set" in capsys.readouterr().out
+    (_, again), _ = module.load_image_folder(folder, seed=0)
+    assert torch.equal(test.tensors[1], again.tensors[1])
+
+
+@pytest.mark.parametrize("damage", ["no train folder", "empty class", "not an image"])
+def test_bad_image_folders_are_one_line_errors(damage, tmp_path):
+    module = load_script("conv_net_cifar.py")
+    folder = write_image_folder(tmp_path / "images")
+    if damage == "no train folder":
+        (folder / "train").rename(folder / "training")
+        expected = "train/ folder"
+    elif damage == "empty class":
+        for path in (folder / "train" / "bee").iterdir():
+            path.unlink()
+        expected = "bee"
+    else:
+        (folder / "train" / "cow" / "cow_000.png").write_text("not a picture")
+        expected = "cow_000.png is not an image"
+    with pytest.raises(SystemExit) as exit_info:
+        module.load_image_folder(folder, seed=0)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and expected in message and "\n" not in message
+
+
+def test_image_folder_trains_end_to_end(tmp_path, script_env):
+    """Any number of classes through every output: curves, per-class accuracy, confusion matrix,
+    pictures (sampled across classes), and model.pt with the class names."""
+    folder = write_image_folder(tmp_path / "images", per_class=12)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "conv_net_cifar.py"), "--image-folder", str(folder)]
+        + ["--epochs", "2", "--batch-size", "8", "--out-dir", str(out)],
+        env=script_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3 classes" in result.stdout and "try more --epochs" in result.stdout
+    for name in ("curves.png", "predictions.png", "confusion_matrix.png", "metrics.json"):
+        assert (out / name).is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class_accuracy"]) == set(CLASSES)
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert checkpoint["classes"] == CLASSES and checkpoint["config"]["classes"] == 3
+
+
+def test_image_folder_and_data_dir_together_are_refused(tmp_path, capsys):
+    module = load_script("conv_net_cifar.py")
+    with pytest.raises(SystemExit):
+        module.parse_args(["--image-folder", str(tmp_path), "--data-dir", str(tmp_path)])
+    assert "--data-dir is for CIFAR-10" in capsys.readouterr().err

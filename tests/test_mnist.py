@@ -8,24 +8,25 @@ import torch
 import fixtures
 from conftest import load_script
 
-# Every script's loader, and whether it standardises with its own MEAN and STD.
+# Every script, and whether it standardises with its own MEAN and STD.
 LOADERS = [
-    ("mnist/fc_regression.py", "load_mnist", False),  # pixels in [0, 1], not standardised
-    ("mnist/fc_mnist.py", "load_mnist", True),
-    ("mnist/conv_mnist.py", "load_mnist", True),
-    ("mnist/fashion_mnist_ffnn.py", "load_fashion_mnist", True),
-    ("mnist/fashion_mnist_classifier.py", "load_fashion_mnist", True),
+    ("mnist/fc_regression.py", False),  # pixels in [0, 1], not standardised
+    ("mnist/fc_mnist.py", True),
+    ("mnist/conv_mnist.py", True),
+    ("mnist/fashion_mnist_ffnn.py", True),
+    ("mnist/fashion_mnist_classifier.py", True),
 ]
 
 
-@pytest.mark.parametrize("script, loader, standardised", LOADERS)
-def test_loader_decodes_labels_and_normalises(script, loader, standardised, data_dir):
+@pytest.mark.parametrize("script, standardised", LOADERS)
+def test_loader_decodes_labels_and_normalises(script, standardised, data_dir):
     module = load_script(script)
-    (train_x, train_y), (test_x, test_y) = getattr(module, loader)(data_dir, torch.device("cpu"))
-    assert train_x.shape == (fixtures.MNIST_TRAIN, 1, 28, 28)
-    assert test_x.shape == (fixtures.MNIST_TEST, 1, 28, 28)
-    assert train_y.tolist() == [i % 10 for i in range(fixtures.MNIST_TRAIN)]
-    assert test_y.tolist() == [i % 10 for i in range(fixtures.MNIST_TEST)]
+    module.download(data_dir)
+    for train, count in ((True, fixtures.MNIST_TRAIN), (False, fixtures.MNIST_TEST)):
+        images, labels = module.load_split(data_dir, train, torch.device("cpu")).tensors
+        assert images.shape == (count, 1, 28, 28) and images.dtype == torch.float32
+        assert labels.tolist() == [i % 10 for i in range(count)]
+    train_x = module.load_split(data_dir, True, torch.device("cpu")).tensors[0]
     mean, std = (module.MEAN, module.STD) if standardised else (0.0, 1.0)
     if standardised:  # the statistics of the real training pixels, as published
         assert (round(module.MEAN, 2), round(module.STD, 2)) in ((0.13, 0.31), (0.29, 0.35))
@@ -67,22 +68,12 @@ def classifier():
     return load_script("mnist/fashion_mnist_classifier.py")
 
 
-def test_validation_split_is_disjoint_complete_and_repeatable(classifier):
-    train, val = classifier.split_train_validation(1000, 100, seed=3)
-    assert len(val) == 100 and len(train) == 900
-    assert not set(train.tolist()) & set(val.tolist())
-    assert sorted(train.tolist() + val.tolist()) == list(range(1000))
-    again_train, again_val = classifier.split_train_validation(1000, 100, seed=3)
-    assert torch.equal(train, again_train) and torch.equal(val, again_val)
-    assert not torch.equal(val, classifier.split_train_validation(1000, 100, seed=4)[1])
-
-
 def test_checkpoint_round_trip_gives_identical_predictions(classifier, tmp_path):
     torch.manual_seed(0)
-    hyperparameters = dict(hidden_sizes=[256, 128, 64], dropout=0.2)
-    model = classifier.Classifier(**hyperparameters).eval()
-    path = tmp_path / "best.pt"
-    classifier.save_checkpoint(model, hyperparameters, path)
+    config = dict(hidden_sizes=[256, 128, 64], dropout=0.2)
+    model = classifier.Classifier(**config).eval()
+    path = tmp_path / "model.pt"
+    classifier.save_checkpoint(model, config, path)
     torch.load(path, weights_only=True)  # plain tensors and values only
     reloaded = classifier.load_checkpoint(path, torch.device("cpu")).eval()
     images = torch.randn(32, 1, 28, 28)
@@ -98,7 +89,7 @@ def test_eval_only_reloads_a_trained_checkpoint(classifier, data_dir, tmp_path, 
         [
             "--eval-only",
             "--checkpoint",
-            str(tmp_path / "best.pt"),
+            str(tmp_path / "model.pt"),
             "--dry-run",
             "--data-dir",
             str(data_dir),
@@ -108,8 +99,8 @@ def test_eval_only_reloads_a_trained_checkpoint(classifier, data_dir, tmp_path, 
     )
     assert (tmp_path / "metrics.json").read_bytes() == before  # the training record is left alone
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())
-    assert evaluation["checkpoint"] == str(tmp_path / "best.pt")
-    assert not {"epochs", "history", "train_seconds"} & set(evaluation)  # it trained nothing
+    assert evaluation["checkpoint"] == str(tmp_path / "model.pt")
+    assert not {"epochs", "history"} & set(evaluation)  # it trained nothing
     # Same weights, same test set: the same figures.
     assert evaluation["test_accuracy"] == trained["test_accuracy"]
     assert evaluation["test_loss"] == pytest.approx(trained["test_loss"])
@@ -119,6 +110,9 @@ def test_eval_only_without_checkpoint_is_a_clear_error(classifier, capsys, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         classifier.parse_args(["--eval-only"])
     assert exit_info.value.code == 2 and "--eval-only needs --checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        classifier.parse_args(["--eval-only", "--checkpoint", "x.pt", "--epochs", "3"])
+    assert exit_info.value.code == 2 and "trains nothing" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         classifier.load_checkpoint(tmp_path / "missing.pt", torch.device("cpu"))
     assert str(exit_info.value.code).startswith("error: no checkpoint at")
@@ -132,7 +126,7 @@ def test_a_bad_checkpoint_is_a_one_line_error(classifier, content, tmp_path):
     elif content == "not torch":
         path.write_text("hello")
     else:  # a valid torch file of other contents (an IMDB checkpoint, say)
-        torch.save({"model": {}, "vocab": ["<pad>"], "hyperparameters": {"model": {}}}, path)
+        torch.save({"weights": {}, "vocab": ["<pad>"], "config": {"model": {}}}, path)
     with pytest.raises(SystemExit) as exit_info:
         classifier.load_checkpoint(path, torch.device("cpu"))
     message = str(exit_info.value.code)

@@ -6,7 +6,6 @@ import random
 import re
 from collections import Counter
 from contextlib import nullcontext
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -116,12 +115,11 @@ def test_padding_does_not_change_the_logits(script):
 
 
 def tbptt_epoch(model, data, optimizer, bptt=5):
-    args = SimpleNamespace(batch_size=len(data[0]), bptt=bptt)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    generator = torch.Generator().manual_seed(0)
-    return tbptt.train_one_epoch(
-        model, data, optimizer, scaler, nullcontext(), args, torch.device("cpu"), generator
-    )
+    """One epoch of the script's own loop over `data` (sequences, labels), one batch of it all."""
+    amp = nullcontext(), torch.amp.GradScaler("cpu", enabled=False)
+    batches = tbptt.batches(*data, len(data[0]))
+    figures = tbptt.train_one_epoch(model, batches, optimizer, amp, bptt)
+    return figures["train_loss"], figures["train_accuracy"]
 
 
 def test_tbptt_cuts_gradients_between_chunks_but_carries_the_state():
@@ -176,9 +174,8 @@ def test_tbptt_train_figures_are_read_at_each_reviews_end():
     data = [torch.randint(2, 20, (12,)), torch.randint(2, 20, (7,))], torch.tensor([0, 1])
     loss, accuracy = tbptt_epoch(model.eval(), data, torch.optim.SGD(model.parameters(), lr=0.0))
     with torch.no_grad():
-        expected_loss, expected_accuracy = tbptt.evaluate(
-            model, data, nullcontext(), torch.device("cpu")
-        )
+        figures = tbptt.evaluate(model, tbptt.batches(*data, 2), nullcontext(), "val")
+    expected_loss, expected_accuracy = figures["val_loss"], figures["val_accuracy"]
     assert loss == pytest.approx(expected_loss, rel=1e-5) and accuracy == expected_accuracy
 
 
@@ -226,9 +223,9 @@ def trained(request, data_dir, tmp_path_factory):
 def test_checkpoint_loads_with_weights_only(trained):
     script, checkpoint = trained
     saved = torch.load(checkpoint, weights_only=True)
-    assert set(saved) == {"model", "vocab", "hyperparameters"}
+    assert set(saved) == {"weights", "vocab", "config"}
     assert saved["vocab"][:2] == ["<pad>", "<unk>"] and "wonderful" in saved["vocab"]
-    assert saved["model"]["embedding.weight"].shape[0] == len(saved["vocab"])
+    assert saved["weights"]["embedding.weight"].shape[0] == len(saved["vocab"])
 
 
 def predicted(output):
@@ -246,11 +243,11 @@ def test_predict_round_trip(trained, capsys):
     )
     results = predicted(capsys.readouterr().out)
     # The same model, loaded by hand, gives the same labels and probabilities.
-    model, vocab, hyperparameters = script.load_checkpoint(checkpoint, torch.device("cpu"))
+    model, vocab, config = script.load_checkpoint(checkpoint, torch.device("cpu"))
     index = {word: i for i, word in enumerate(vocab)}
     expected = []
     for text in texts:
-        sequence = script.encode(script.tokenize(text), index, hyperparameters["max_len"])
+        sequence = script.encode(script.tokenize(text), index, config["max_len"])
         with torch.no_grad():
             probabilities = logits_of(
                 script, model, sequence.unsqueeze(0), torch.tensor([len(sequence)])
@@ -290,6 +287,14 @@ def test_predict_bad_input_is_a_one_line_error(trained, flags, message):
     assert str(exit_info.value.code).startswith("error: ") and message in str(exit_info.value.code)
 
 
+@IMDB_SCRIPTS
+def test_training_flags_with_predict_are_refused(script, capsys):
+    """The checkpoint holds the settings: a training flag would be silently ignored."""
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--predict", "good", "--epochs", "7"])
+    assert exit_info.value.code == 2 and "drop the training flags" in capsys.readouterr().err
+
+
 # ---- damaged dataset files ----
 
 
@@ -314,7 +319,7 @@ def test_predict_with_a_bad_checkpoint_is_a_one_line_error(script, content, tmp_
     if content == "empty":
         path.write_bytes(b"")
     else:  # a FashionMNIST classifier's checkpoint: a valid torch file, other keys
-        torch.save({"model": {}, "hyperparameters": {"hidden_sizes": [4], "dropout": 0.2}}, path)
+        torch.save({"weights": {}, "config": {"hidden_sizes": [4], "dropout": 0.2}}, path)
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--checkpoint", str(path), "--predict", "A fine film."])
     message = str(exit_info.value.code)

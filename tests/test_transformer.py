@@ -5,6 +5,7 @@ The IMDB pipeline, checkpoints and --predict's errors are tested with the LSTMs'
 
 import math
 import re
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ def reference_attention(attention, x, keep):
         reference.in_proj_bias.copy_(attention.qkv.bias)
         reference.out_proj.weight.copy_(attention.out.weight)
         reference.out_proj.bias.copy_(attention.out.bias)
-    return reference(x, x, x, key_padding_mask=~keep)  # True there means "ignore this key"
+    # key_padding_mask: True means "ignore this key". Weights per head, not averaged.
+    return reference(x, x, x, key_padding_mask=~keep, average_attn_weights=False)
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["no padding", "padding mask"])
@@ -42,7 +44,7 @@ def test_attention_equals_torch_multihead_attention(padded):
         expected, expected_weights = reference_attention(attention, x, keep)
     rows = keep[:, :, None]  # padded positions' outputs are never read
     torch.testing.assert_close(ours * rows, expected * rows, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(cls_weights, expected_weights[:, 0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cls_weights, expected_weights[:, :, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_attention_equals_the_explicit_formula():
@@ -91,10 +93,40 @@ def test_padding_does_not_change_the_logits():
 def test_cls_attention_covers_the_review_and_nothing_else():
     model = small_model()
     with torch.no_grad():
-        _, weights = model(torch.randint(3, 50, (2, 20)), torch.tensor([20, 5]), cls_weights=True)
-    assert weights.shape == (2, transformer.round_up(21))  # [CLS] + 20 tokens, padded
-    torch.testing.assert_close(weights.sum(1), torch.ones(2))
-    assert (weights[1, 6:] == 0).all() and (weights[1, :6] > 0).all()
+        _, blocks = model(torch.randint(3, 50, (2, 20)), torch.tensor([20, 5]), cls_weights=True)
+    assert len(blocks) == 2
+    for weights in blocks:
+        # [CLS] + 20 tokens, padded; one row per head.
+        assert weights.shape == (2, HEADS, transformer.round_up(21))
+        torch.testing.assert_close(weights.sum(2), torch.ones(2, HEADS))
+        assert (weights[1, :, 6:] == 0).all() and (weights[1, :, :6] > 0).all()
+
+
+def test_attention_peaks_on_the_word_that_decides_the_label():
+    """A toy task: each review holds one word that decides its label (w3: negative, w4:
+    positive) among random ones. With one block, [CLS] can only learn it by attending to that
+    word, and the attention that attention.png and --predict show must peak there."""
+    torch.manual_seed(0)
+    count, length = 600, 12
+    tokens = torch.randint(5, 50, (count, length))
+    labels = torch.randint(0, 2, (count,))
+    where = torch.randint(0, length, (count,))
+    tokens[torch.arange(count), where] = 3 + labels
+    model = transformer.SentimentTransformer(50, length, d_model=32, heads=4, layers=1, dropout=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    amp = nullcontext(), torch.amp.GradScaler("cpu", enabled=False)
+    for _ in range(10):
+        batches = transformer.batches(list(tokens[:500]), labels[:500], 25, torch.Generator())
+        transformer.train_one_epoch(model, batches, optimizer, amp, after_step=lambda: None)
+    model.eval()
+    index = {f"w{i}": i for i in range(50)}
+    right = peaked = 0
+    for k in range(500, count):
+        words = [f"w{i}" for i in tokens[k].tolist()]
+        label, _, attention = transformer.classify(model, words, index, length, "cpu")
+        right += label == labels[k]
+        peaked += attention[0].max(0).values.argmax().item() == where[k]
+    assert right >= 95 and peaked >= 95
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +140,7 @@ def test_training_writes_the_attention_picture(trained):
     assert (trained / "attention.png").stat().st_size > 5000
     saved = torch.load(trained / "model.pt", weights_only=True)
     assert saved["vocab"][transformer.CLS] == "<cls>"
-    assert saved["hyperparameters"]["model"]["heads"] == 4
+    assert saved["config"]["model"]["heads"] == 4
 
 
 def attended_words(output):
@@ -169,9 +201,9 @@ def test_the_checkpoint_holds_the_weight_average(ema, data_dir, tmp_path):
     transformer.main(flags)
     saved = torch.load(tmp_path / "model.pt", weights_only=True)
     torch.manual_seed(0)  # the default seed: the same starting weights as the run's
-    settings = saved["hyperparameters"]
+    config = saved["config"]
     start = transformer.SentimentTransformer(
-        len(saved["vocab"]), settings["max_len"], **settings["model"]
+        len(saved["vocab"]), config["max_len"], **config["model"]
     )
-    moved = max((saved["model"][n] - p).abs().max().item() for n, p in start.named_parameters())
+    moved = max((saved["weights"][n] - p).abs().max().item() for n, p in start.named_parameters())
     assert (moved < 1e-5) if ema else (moved > 1e-3)

@@ -8,21 +8,27 @@ Model:  word embedding + learned position embedding (d_model 64) for a [CLS] tok
         128 gave no clearly better accuracy here and cost time on every step. 2 epochs: in a
         third, the validation loss rose for every seed tried.
 Data:   IMDB, exactly as RNN/lstm_imdb.py reads it: the same tokeniser, vocabulary (from the
-        training split only), validation split, length bucketing and --predict. The accuracy
-        difference between the two scripts is the model's.
-Expect: about 0.88 test accuracy after the default 2 epochs (seeds 0/1/2: 0.883, 0.881, 0.879;
-        the LSTM gets 0.899), in about 2 minutes on a 2-core CPU, under half of
-        RNN/lstm_imdb.py's time (README).
+        training split only), validation split, length bucketing and --predict. The training
+        recipe differs (batch size, AdamW, schedule, weight average, epochs), so the accuracy
+        difference between the two scripts is not the model's alone.
+Expect: about 0.88 test accuracy after the default 2 epochs (the LSTM gets about 0.90), in
+        about 2 minutes on a 2-core CPU, under half of RNN/lstm_imdb.py's time
+        (benchmarks/README.md).
 
 Run:
     python transformer/transformer_imdb.py             # train; writes OUT_DIR/model.pt
     python transformer/transformer_imdb.py --dry-run   # one tiny batch: checks the set-up
-    python transformer/transformer_imdb.py --help      # every setting
+    python transformer/transformer_imdb.py --help      # every flag
     python transformer/transformer_imdb.py --predict "A wonderful film." --predict "Far too long."
     echo "One review per line" | python transformer/transformer_imdb.py --predict -
 
-Writes model.pt (weights, vocabulary, settings), metrics.json, curves.png and attention.png (which
-words the [CLS] token looked at in one test review) into --out-dir.
+Writes model.pt (the best epoch's averaged weights, vocabulary, settings), metrics.json,
+curves.png and attention.png (which words each head's [CLS] query looked at in one test review)
+into --out-dir. To use the trained model (tokenize and encode as below):
+    checkpoint = torch.load("runs/transformer_imdb/model.pt", weights_only=True)
+    config = checkpoint["config"]
+    model = SentimentTransformer(len(checkpoint["vocab"]), config["max_len"], **config["model"])
+    model.load_state_dict(checkpoint["weights"])
 """
 
 import argparse
@@ -35,10 +41,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from signal import SIGINT, signal
 
-import matplotlib
-
-matplotlib.use("Agg")  # draw into files; works without a display (servers, CI)
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
@@ -48,20 +52,20 @@ from torchvision.datasets.utils import check_integrity, download_and_extract_arc
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
-# Inside this repository all scripts share its top-level data/ and runs/ (the folder holding
-# data/README.md); a copy of this script anywhere else keeps both in its own folder.
+# In this repository data/ and runs/ are the top-level ones; a copy elsewhere keeps its own.
 TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 LABELS = ("negative", "positive")
-PAD, UNK, CLS = 0, 1, 2  # vocabulary indices of "<pad>", "<unk>" and "<cls>"
-PAD_TO = 32  # batches are padded to a multiple of this length (see SentimentTransformer)
+# Vocabulary indices of "<pad>", "<unk>" and "<cls>".
+PAD, UNK, CLS = 0, 1, 2
+# Batches are padded to a multiple of this length (see SentimentTransformer).
+PAD_TO = 32
 
 # ---- the text pipeline (what torchtext's Field and BucketIterator used to do) ----
 
-TOKEN = re.compile(
-    r"[a-z0-9]+|[^\sa-z0-9]"
-)  # a run of letters/digits, or any other visible character
+# A token: a run of letters and digits, or any other visible character.
+TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
 def tokenize(text):
@@ -115,17 +119,20 @@ class SelfAttention(nn.Module):
     def __init__(self, d_model, heads):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)  # queries, keys and values in one product
+        # Queries, keys and values in one product.
+        self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
     def forward(self, x, keep, queries=None, cls_weights=False):
         """x (batch, time, d_model), keep (batch, time) True at real tokens; outputs for the
-        first `queries` positions (default all), and optionally [CLS]'s attention weights."""
+        first `queries` positions (default all), and optionally the [CLS] query's attention
+        weights in each head (batch, heads, time)."""
         batch, time, d_model = x.shape
         # Split d_model into heads: each head attends in its own smaller space, so different
         # heads can look for different things (a negation, a verdict, a name).
         q, k, v = self.qkv(x).view(batch, time, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        q = q[:, :, :queries]  # (batch, heads, queries, d_head)
+        # (batch, heads, queries, d_head)
+        q = q[:, :, :queries]
         # softmax(q k^T / sqrt(d_head)) v. Dividing by sqrt(d_head) keeps the scores near unit
         # size whatever the head width, so the softmax does not saturate at the start. The mask
         # (batch, 1, 1, time) hides padding from every query: a review's result cannot depend on
@@ -136,10 +143,10 @@ class SelfAttention(nn.Module):
         y = self.out(y.transpose(1, 2).reshape(batch, q.size(2), d_model))
         if not cls_weights:
             return y, None
-        # For looking, not training: the [CLS] query's weights, written out, averaged over heads.
+        # For looking, not training: the [CLS] query's weights in each head, written out.
         scores = (q[:, :, :1] @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
         weights = scores.float().masked_fill(~mask, float("-inf")).softmax(-1)
-        return y, weights.mean(1)[:, 0]  # (batch, time)
+        return y, weights[:, :, 0]
 
 
 class Block(nn.Module):
@@ -154,19 +161,21 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.attention = SelfAttention(d_model, heads)
+        # The same small network, applied to each position on its own.
         self.feed_forward = nn.Sequential(
             nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model)
-        )  # the same small network applied to each position on its own
+        )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, keep, cls_only=False):
-        """With cls_only, the output of the [CLS] position only, and its attention weights."""
+    def forward(self, x, keep, cls_only=False, cls_weights=False):
+        """With cls_only, the output of the [CLS] position only; with cls_weights, also the
+        [CLS] query's attention weights in each head."""
         normed = self.norm1(x)
         # After the last block only [CLS] is read: every word still serves as a key and a value,
         # but none needs an output of its own. Skipping those saves most of the block's work
         # (the time x time attention, the output projection and the feed-forward).
         x = x[:, :1] if cls_only else x
-        attended, weights = self.attention(normed, keep, x.size(1), cls_weights=cls_only)
+        attended, weights = self.attention(normed, keep, x.size(1), cls_weights)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.feed_forward(self.norm2(x)))
         return x, weights
@@ -178,9 +187,11 @@ class SentimentTransformer(nn.Module):
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=PAD)
         # Attention itself ignores order ("dog bites man" = "man bites dog"): a learned vector
         # per position, added to each word's, tells the model where each word is.
-        self.position = nn.Embedding(round_up(max_len + 1), d_model)  # + 1 for [CLS]
+        # (+ 1 for [CLS].)
+        self.position = nn.Embedding(round_up(max_len + 1), d_model)
         self.blocks = nn.ModuleList(Block(d_model, heads, d_ff, dropout) for _ in range(layers))
-        self.norm = nn.LayerNorm(d_model)  # pre-norm blocks leave the last sum unnormalised
+        # Pre-norm blocks leave the last sum unnormalised.
+        self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, 2)
         # Small starting embeddings (nn.Embedding draws from N(0, 1)): Adam moves every entry
@@ -190,8 +201,8 @@ class SentimentTransformer(nn.Module):
             nn.init.normal_(table.weight, std=0.02)
 
     def forward(self, tokens, lengths, cls_weights=False):
-        """Logits (batch, 2); with cls_weights, also the last block's [CLS] attention (batch,
-        1 + time), averaged over heads, the [CLS] token itself first."""
+        """Logits (batch, 2); with cls_weights, also every block's [CLS] attention weights, each
+        (batch, heads, padded time), the [CLS] token itself first."""
         # A [CLS] token in front of every review: it has no word of its own, so its output is
         # free to become a summary of the review, learned for the task.
         cls = torch.full_like(tokens[:, :1], CLS)
@@ -201,10 +212,13 @@ class SentimentTransformer(nn.Module):
         # different length in every batch, one run grew to 8.4 GB. A few shapes keep it flat.
         tokens = F.pad(tokens, (0, round_up(tokens.size(1)) - tokens.size(1)), value=PAD)
         positions = torch.arange(tokens.size(1), device=tokens.device)
-        keep = positions < (lengths.to(tokens.device) + 1)[:, None]  # real tokens and [CLS]
+        # True at the real tokens and [CLS].
+        keep = positions < (lengths.to(tokens.device) + 1)[:, None]
         x = self.dropout(self.embedding(tokens) + self.position(positions))
+        weights = []
         for block in self.blocks:
-            x, weights = block(x, keep, cls_only=block is self.blocks[-1])
+            x, block_weights = block(x, keep, block is self.blocks[-1], cls_weights)
+            weights.append(block_weights)
         logits = self.out(self.norm(x[:, 0]))
         return (logits, weights) if cls_weights else logits
 
@@ -216,47 +230,49 @@ def round_up(length):
 # ---- training and evaluation ----
 
 
-def train_one_epoch(
-    model, average, data, optimizer, schedule, scaler, autocast, args, device, generator
-):
-    """One pass over the training set: (mean loss, accuracy on the batches as they were trained).
-    After every step, `average` moves a little towards the model's new weights."""
+def train_one_epoch(model, batches, optimizer, amp, after_step):
+    """One pass over the training `batches`: its accuracy and mean loss, as trained.
+    after_step() runs after every optimiser step (the schedule, the weight average)."""
     model.train()
-    total_loss = correct = 0
-    steps = math.ceil(len(data[0]) / args.batch_size)
-    # disable=None: no progress bar when the output is not a terminal (a log file, CI).
-    for tokens, lengths, labels in tqdm(
-        batches(*data, args.batch_size, generator), total=steps, disable=None
-    ):
+    autocast, scaler = amp
+    total_loss = correct = count = 0
+    device = next(model.parameters()).device
+    for tokens, lengths, labels in batches:
         tokens, labels = tokens.to(device), labels.to(device)
         with autocast:
             logits = model(tokens, lengths)
         loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # fp16 only: the loss is scaled up so small gradients survive
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # one odd batch cannot wreck the weights
-        scaler.step(optimizer)  # (skips the step if any gradient overflowed)
+        optimizer.zero_grad()
+        # The GradScaler does nothing unless the precision is fp16 (conv_net_cifar.py explains);
+        # then the gradients must be unscaled before they are clipped.
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        # Clipping the gradients' norm to 1: one odd batch cannot wreck the weights.
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
         scaler.update()
-        schedule.step()  # the learning rate changes every step, not every epoch
-        update_average(average, model, args.ema)
+        after_step()
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
-    return total_loss / len(data[0]), correct / len(data[0])
+        count += len(labels)
+    return dict(train_accuracy=correct / count, train_loss=total_loss / count)
 
 
-@torch.no_grad()  # no gradients needed: faster and lighter
-def evaluate(model, data, autocast, device, batch_size=256):
-    """(mean loss, accuracy) of the model on the (sequences, labels) in `data`."""
+# No gradients are needed to evaluate: faster, and less memory.
+@torch.no_grad()
+def evaluate(model, batches, autocast, split):
+    """The model's accuracy and loss on `batches`, named after the split."""
     model.eval()
-    total_loss = correct = 0
-    for tokens, lengths, labels in batches(*data, batch_size):
+    total_loss = correct = count = 0
+    device = next(model.parameters()).device
+    for tokens, lengths, labels in batches:
         tokens, labels = tokens.to(device), labels.to(device)
         with autocast:
             logits = model(tokens, lengths)
         total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
-    return total_loss / len(data[0]), correct / len(data[0])
+        count += len(labels)
+    return {f"{split}_accuracy": correct / count, f"{split}_loss": total_loss / count}
 
 
 @torch.no_grad()
@@ -287,59 +303,62 @@ def warmup_cosine(warmup_steps, total_steps):
 
 @torch.no_grad()
 def classify(model, tokens, index, max_len, device):
-    """(label, probability, [CLS] attention per token) of one tokenised review."""
+    """(label, probability, attention) of one tokenised review: the attention of the [CLS]
+    query to each of its tokens, (blocks, heads, tokens)."""
     tokens = tokens[-max_len:]
     sequence = encode(tokens, index, max_len)
     logits, weights = model(sequence.unsqueeze(0).to(device), torch.tensor([len(tokens)]), True)
     probabilities = logits.float().softmax(1)[0]
     label = probabilities.argmax().item()
-    return label, probabilities[label].item(), weights[0, 1 : len(tokens) + 1].tolist()  # no [CLS]
+    # Drop [CLS] itself and the padding.
+    attention = torch.stack([w[0, :, 1 : len(tokens) + 1] for w in weights]).cpu()
+    return label, probabilities[label].item(), attention
 
 
 def predict(texts, checkpoint, device):
-    """Print the label, its probability and the five most attended words of each text."""
-    model, vocab, hyperparameters = load_checkpoint(checkpoint, device)
+    """Print the label, its probability and the five words of each text that the first block's
+    heads attend to most (its attention is sharp; the last block's is spread over the review)."""
+    model, vocab, config = load_checkpoint(checkpoint, device)
     index = {word: i for i, word in enumerate(vocab)}
     for text in texts:
         tokens = tokenize(text)
         if not tokens:
-            fail(f"nothing to classify in {text!r}: give --predict some words")
-        max_len = hyperparameters["max_len"]
-        label, probability, weights = classify(model, tokens, index, max_len, device)
-        top = sorted(range(len(weights)), key=lambda i: -weights[i])[:5]
-        words = ", ".join(tokens[-max_len:][i] for i in top)
+            sys.exit(f"error: nothing to classify in {text!r}: give --predict some words")
+        tokens = tokens[-config["max_len"] :]
+        label, probability, attention = classify(model, tokens, index, config["max_len"], device)
+        # A word's score: the most attention any head of the first block gives it.
+        top = attention[0].max(0).values.argsort(descending=True)[:5].tolist()
+        words = ", ".join(tokens[i] for i in top)
         shown = text[:60] + ("..." if len(text) > 60 else "")
         print(f"{LABELS[label]:8s} {probability:.3f}  {shown}  [attended: {words}]")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(args.seed)  # the initial weights and dropout
-    device, device_why = pick_device(args.device)
+    # The same seed, the same split, weights, dropout and batch order: the same result on one
+    # machine.
+    torch.manual_seed(args.seed)
+    pick_device_and_precision(args)
     checkpoint = args.checkpoint or args.out_dir / "model.pt"
     if args.predict:
-        return predict(read_texts(args.predict), checkpoint, device)
-    precision, precision_why = pick_precision(args.precision, device)
-    print(f"device: {device} ({device_why}); precision: {precision} ({precision_why})")
-    autocast = autocast_for(device, precision)
+        return predict(read_texts(args.predict), checkpoint, args.device)
+    # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
+    # GradScaler that keeps small gradients from vanishing (it does nothing otherwise).
+    dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
+    autocast = torch.autocast(args.device.type, dtype, enabled=args.precision != "fp32")
+    scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
 
-    train_texts, train_labels, test_texts, test_labels = load_imdb(
-        args.data_dir, args.dry_run, args.seed
-    )
+    train_texts, train_labels, test_texts, test_labels = load_imdb(args.data_dir, args.dry_run)
     if not 0 < args.val_size < len(train_texts):
-        fail(
-            f"--val-size must be between 1 and {len(train_texts) - 1} ({len(train_texts)} reviews)"
-        )
+        sys.exit(f"error: --val-size must be between 1 and {len(train_texts) - 1}")
     order = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed))
     val_ids, train_ids = order[: args.val_size].tolist(), order[args.val_size :].tolist()
 
     train_tokens = [tokenize(train_texts[k]) for k in train_ids]
-    vocab = build_vocab(train_tokens, args.min_freq, args.max_vocab)  # from the training split only
+    # The vocabulary comes from the training split only.
+    vocab = build_vocab(train_tokens, args.min_freq, args.max_vocab)
     index = {word: i for i, word in enumerate(vocab)}
-    train_data = (
-        [encode(tokens, index, args.max_len) for tokens in train_tokens],
-        train_labels[train_ids],
-    )
+    train_data = [encode(t, index, args.max_len) for t in train_tokens], train_labels[train_ids]
     val_tokens = [tokenize(train_texts[k]) for k in val_ids]
     val_data = [encode(tokens, index, args.max_len) for tokens in val_tokens], train_labels[val_ids]
     test_data = [encode(tokenize(text), index, args.max_len) for text in test_texts], test_labels
@@ -349,8 +368,8 @@ def main(argv=None):
     )
 
     sizes = dict(d_model=args.d_model, heads=args.heads, layers=args.layers, d_ff=4 * args.d_model)
-    hyperparameters = dict(model=dict(**sizes, dropout=args.dropout), max_len=args.max_len)
-    model = SentimentTransformer(len(vocab), args.max_len, **hyperparameters["model"]).to(device)
+    config = dict(model=dict(**sizes, dropout=args.dropout), max_len=args.max_len)
+    model = SentimentTransformer(len(vocab), args.max_len, **config["model"]).to(args.device)
     parameters = sum(p.numel() for p in model.parameters())
     # AdamW: Adam with weight decay applied to the weights directly (not through the gradient,
     # where Adam's scaling would undo it), here to the weight matrices and the position table;
@@ -358,63 +377,47 @@ def main(argv=None):
     matrices = {n for n, p in model.named_parameters() if p.dim() == 2 and n != "embedding.weight"}
     decayed = [p for n, p in model.named_parameters() if n in matrices]
     others = [p for n, p in model.named_parameters() if n not in matrices]
-    optimizer = torch.optim.AdamW(
-        [dict(params=decayed, weight_decay=args.weight_decay), dict(params=others, weight_decay=0)],
-        lr=args.lr,
-    )
-    total_steps = args.epochs * math.ceil(len(train_ids) / args.batch_size)
-    warmup = warmup_cosine(max(total_steps // 10, 1), total_steps)  # 10% of the steps
+    groups = [dict(params=decayed, weight_decay=args.weight_decay), dict(params=others)]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0)
+    steps = math.ceil(len(train_ids) / args.batch_size)
+    # 10% of the steps warm up.
+    warmup = warmup_cosine(max(args.epochs * steps // 10, 1), args.epochs * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
-    # fp16 keeps too few exponent bits for small gradients: GradScaler scales the loss up before
-    # backward and the gradients down before the step. With bf16 or fp32 it does nothing.
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    generator = torch.Generator().manual_seed(args.seed)  # batch order
-
+    generator = torch.Generator().manual_seed(args.seed)
     # The weight average starts from the starting weights: those still weigh decay**steps at the
     # end (about a quarter with the defaults), a pull back towards small weights that helps too.
     average = copy.deepcopy(model).requires_grad_(False)
 
+    def after_step():
+        # The learning rate changes every step, not every epoch; the average follows the model.
+        schedule.step()
+        update_average(average, model, args.ema)
+
     history, best_val_loss = [], float("inf")
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(
-            model,
-            average,
-            train_data,
-            optimizer,
-            schedule,
-            scaler,
-            autocast,
-            args,
-            device,
-            generator,
-        )
+        # disable=None: a progress bar on a terminal only, not in a log file.
+        progress = tqdm(batches(*train_data, args.batch_size, generator), total=steps, disable=None)
+        train = train_one_epoch(model, progress, optimizer, (autocast, scaler), after_step)
         seconds = time.perf_counter() - start
-        # the average, not the model's last weights, is what is judged, kept and saved
-        val_loss, val_acc = evaluate(average, val_data, autocast, device)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc))
-        history[-1].update(val_loss=val_loss, val_accuracy=val_acc, seconds=seconds)
-        # keep the epoch that did best on reviews it never trained on
-        saved = val_loss < best_val_loss
-        if saved:
-            best_val_loss = val_loss
-            save_checkpoint(average, vocab, hyperparameters, checkpoint)
-        print(epoch_line(history[-1]) + ("  (saved best)" if saved else ""))
+        # The average, not the model's last weights, is what is judged, kept and saved.
+        val = evaluate(average, batches(*val_data, 256), autocast, "val")
+        log_epoch(history, epoch=epoch, **train, **val, seconds=seconds)
+        # Keep the epoch that did best on reviews it never trained on.
+        if val["val_loss"] < best_val_loss:
+            best_val_loss = val["val_loss"]
+            save_checkpoint(average, vocab, config, checkpoint)
+            print(f"saved epoch {epoch} to {checkpoint}: its validation loss is the lowest yet")
 
-    model, _, _ = load_checkpoint(checkpoint, device)  # the best epoch, not the last
-    test_loss, test_acc = evaluate(model, test_data, autocast, device)
-    print(
-        f"test loss {test_loss:.4f}  test acc {test_acc:.4f}  (best checkpoint, test set used once)"
-    )
+    # The best epoch, not the last, measured once on the test set.
+    model, _, _ = load_checkpoint(checkpoint, args.device)
+    test = evaluate(model, batches(*test_data, 256), autocast, "test")
+    write_metrics(args, history, **test, vocab_size=len(vocab), parameters=parameters)
     save_plots(history, args.out_dir)
-    save_attention_plot(model, test_texts, test_data, index, args.max_len, device, args.out_dir)
-    results = dict(test_loss=test_loss, test_accuracy=test_acc, vocab_size=len(vocab))
-    write_metrics(args, device, precision, history, parameters=parameters, **results)
+    save_attention_plot(model, test_texts, test_data, index, args.max_len, args.out_dir)
 
 
-# ------------------------------------------------------------------------------------------
-# Plumbing: flags, errors, device and precision, download, checkpoints, plots. The lesson is above.
-# ------------------------------------------------------------------------------------------
+# ---- plumbing: flags, data, checkpoints, plots (the lesson is above) ----
 
 
 def parse_args(argv=None):
@@ -428,8 +431,8 @@ def parse_args(argv=None):
         "--ema",
         type=float,
         default=0.998,
-        help="decay of the moving average of the weights that is evaluated and saved "
-        "(default 0.998: about the last 500 steps; 0: the last weights, no averaging)",
+        help="decay of the weight average that is evaluated and saved "
+        "(default 0.998: about the last 500 steps; 0: no averaging)",
     )
     add(
         "--d-model",
@@ -486,15 +489,19 @@ def parse_args(argv=None):
         help="classify TEXT with the saved checkpoint instead of training (repeatable); "
         "'--predict -' alone reads one text per line from standard input",
     )
-    add_common_flags(p, data="aclImdb/")
-    args = p.parse_args(argv)
+    args = parse_with_common_flags(p, argv, data="aclImdb/")
+    training = "epochs batch_size lr weight_decay ema d_model heads".split()
+    training += "layers dropout max_len min_freq max_vocab val_size".split()
+    if args.predict and any(getattr(args, f) != p.get_default(f) for f in training):
+        p.error("--predict uses the checkpoint's settings: drop the training flags")
     if args.d_model % args.heads:
         p.error(f"argument --heads: {args.heads} does not divide --d-model {args.d_model}")
     if not 0 <= args.dropout < 1:
         p.error(f"argument --dropout: must be in [0, 1), got {args.dropout}")
     if not 0 <= args.ema < 1:
         p.error(f"argument --ema: must be in [0, 1), got {args.ema}")
-    if args.dry_run:  # one tiny batch through training and evaluation
+    # One tiny batch through training and evaluation.
+    if args.dry_run:
         args.epochs, args.batch_size, args.val_size, args.min_freq = 1, 8, 8, 1
     return args
 
@@ -505,22 +512,22 @@ def read_texts(predict_args):
         return predict_args
     texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not texts:
-        fail("--predict - read no text from standard input: give one review per line")
+        sys.exit("error: --predict - read no text from standard input: give one review per line")
     return texts
 
 
-def load_imdb(data_dir, dry_run, seed):
-    """Training and test (texts, labels); for --dry-run, a few of each."""
+def load_imdb(data_dir, dry_run):
+    """Training and test (texts, labels); for --dry-run, a few random ones of each (seeded)."""
     folder = get_imdb(data_dir)
     train_texts, train_labels = read_reviews(folder, "train")
     test_texts, test_labels = read_reviews(folder, "test")
     if dry_run:
-        keep = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(seed))[:24]
+        # Their own generator: the model's initial weights stay those of a full run.
+        generator = torch.Generator().manual_seed(0)
+        keep = torch.randperm(len(train_texts), generator=generator)[:24]
         train_texts, train_labels = [train_texts[k] for k in keep], train_labels[keep]
-        step = max(
-            len(test_texts) // 16, 1
-        )  # a few of each label (the files are sorted neg, then pos)
-        test_texts, test_labels = test_texts[::step], test_labels[::step]
+        keep = torch.randperm(len(test_texts), generator=generator)[:16]
+        test_texts, test_labels = [test_texts[k] for k in keep], test_labels[keep]
     return train_texts, train_labels, test_texts, test_labels
 
 
@@ -531,14 +538,14 @@ def get_imdb(data_dir):
         return folder
     archive = data_dir / Path(URL).name
     if archive.exists() and not check_integrity(str(archive), MD5):
-        fail(f"{archive} failed its MD5 check (corrupt or partial download): delete it, run again")
+        sys.exit(f"error: {archive} failed its MD5 check (corrupt or partial download): delete it")
     # No network, a broken connection, a download failing its MD5 check:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(URL, str(data_dir), md5=MD5)
     except (OSError, RuntimeError) as err:
-        fail(
-            f"could not get IMDB ({first_line(err)}). Download {URL} by hand and put it in "
+        sys.exit(
+            f"error: could not get IMDB ({err!r}). Download {URL} by hand and put it in "
             f"{data_dir}/ (or unpack it there, giving {folder}/)"
         )
     return folder
@@ -550,47 +557,48 @@ def read_reviews(folder, split):
     for label, name in enumerate(("neg", "pos")):
         files = sorted((folder / split / name).glob("*.txt"))
         if not files:
-            fail(f"no reviews in {folder / split / name}/: is {folder} a complete copy of aclImdb?")
+            sys.exit(
+                f"error: no reviews in {folder / split / name}/: is {folder} a complete aclImdb?"
+            )
         for path in files:
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:
-                fail(f"could not read the review {path} ({type(err).__name__}): replace it")
+                sys.exit(
+                    f"error: could not read the review {path} ({type(err).__name__}): replace it"
+                )
             if not text.strip():
-                fail(f"the review {path} is empty: replace it from the archive")
+                sys.exit(f"error: the review {path} is empty: replace it from the archive")
             texts.append(text)
             labels.append(label)
     return texts, torch.tensor(labels)
 
 
-def save_checkpoint(model, vocab, hyperparameters, path):
+def save_checkpoint(model, vocab, config, path):
     # Only tensors, strings and numbers: loadable with torch.load(weights_only=True), which
     # refuses to run code hidden in a file (unlike a pickled model object).
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"model": model.state_dict(), "vocab": vocab, "hyperparameters": hyperparameters}, path
-    )
+    torch.save(dict(weights=model.state_dict(), vocab=vocab, config=config), path)
 
 
 def load_checkpoint(path, device):
     """(model, vocabulary, settings) saved at `path`, or a one-line error saying what is wrong."""
     if not path.is_file():
-        fail(f"no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
+        sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-        hyperparameters = checkpoint["hyperparameters"]
-        model = SentimentTransformer(
-            len(checkpoint["vocab"]), hyperparameters["max_len"], **hyperparameters["model"]
-        ).to(device)
-        model.load_state_dict(checkpoint["model"])
-    except Exception as err:  # empty, truncated, not a torch file, or another script's checkpoint
-        fail(f"{path} is not a checkpoint of this script ({first_line(err)})")
-    return model.eval(), checkpoint["vocab"], hyperparameters
+        config = checkpoint["config"]
+        vocab_size, max_len = len(checkpoint["vocab"]), config["max_len"]
+        model = SentimentTransformer(vocab_size, max_len, **config["model"]).to(device)
+        model.load_state_dict(checkpoint["weights"])
+    # Empty, truncated, not a torch file, or another script's checkpoint: one line.
+    except Exception as err:
+        sys.exit(f"error: {path} is not a checkpoint of this script ({err!r})")
+    return model.eval(), checkpoint["vocab"], config
 
 
 def save_plots(history, out_dir):
     """curves.png: loss and accuracy per epoch, training and validation."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
@@ -603,32 +611,31 @@ def save_plots(history, out_dir):
     plt.close(fig)
 
 
-def save_attention_plot(model, test_texts, test_data, index, max_len, device, out_dir):
-    """attention.png: a short test review, each word shaded by the [CLS] token's attention to it
-    (last block, averaged over heads), with the prediction and the true label in the title."""
+def save_attention_plot(model, test_texts, test_data, index, max_len, out_dir):
+    """attention.png: for a short test review, how much attention the [CLS] query of each head
+    of each block gives to each word. Each row has its own colour scale (white: that head's
+    least attended word, dark red: its most), so a flat row shows as noise, a sharp one as a few
+    dark words; the number at the right is the row's largest weight."""
     sequences, labels = test_data
-    # the shortest test review of at least 40 tokens (or the longest, in a tiny --dry-run set)
+    # The shortest test review of at least 40 tokens (or the longest, in a tiny --dry-run set).
     k = min(range(len(sequences)), key=lambda i: (len(sequences[i]) < 40, len(sequences[i])))
-    if len(sequences[k]) < 40:
-        k = max(range(len(sequences)), key=lambda i: len(sequences[i]))
     tokens = tokenize(test_texts[k])[-max_len:]
-    label, probability, weights = classify(model, tokens, index, max_len, device)
-    width = 80  # characters per line
-    lines = 1 + len(" ".join(tokens)) // (width - 10)
-    fig, ax = plt.subplots(figsize=(width * 0.1, 0.9 + 0.3 * lines))
-    ax.set_axis_off()
-    ax.set(xlim=(0, width), ylim=(lines + 0.5, -0.5))
-    x = y = 0
-    for word, weight in zip(tokens, weights):
-        if x + len(word) > width:
-            x, y = 0, y + 1
-        shade = plt.cm.Reds(0.85 * weight / max(weights))
-        box = dict(facecolor=shade, edgecolor="none", pad=1.5)
-        ax.text(x, y, word, family="monospace", fontsize=10, va="center", bbox=box)
-        x += len(word) + 1
+    device = next(model.parameters()).device
+    label, probability, attention = classify(model, tokens, index, max_len, device)
+    rows = attention.flatten(0, 1)
+    low, high = rows.min(1, keepdim=True).values, rows.max(1, keepdim=True).values
+    scaled = (rows - low) / (high - low).clamp(min=1e-9)
+    fig, ax = plt.subplots(figsize=(0.28 * len(tokens) + 2, 0.4 * len(rows) + 1.6))
+    ax.imshow(scaled.numpy(), cmap="Reds", aspect="auto")
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
+    blocks, heads = attention.shape[:2]
+    names = [f"block {b + 1}, head {h + 1}" for b in range(blocks) for h in range(heads)]
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    for row, peak in enumerate(high.squeeze(1).tolist()):
+        ax.text(len(tokens) - 0.3, row, f" max {peak:.2f}", va="center", fontsize=8)
     ax.set_title(
-        f"predicted {LABELS[label]} ({probability:.2f}), true label {LABELS[labels[k]]}\n"
-        "darker: more attention from [CLS] (last block, mean over heads)"
+        f"predicted {LABELS[label]} ({probability:.2f}), true {LABELS[labels[k]]}. [CLS] attention"
+        f" to each word; uniform would be {1 / (len(tokens) + 1):.3f}; rows scaled to their max"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "attention.png", dpi=100, bbox_inches="tight")
@@ -638,166 +645,73 @@ def save_attention_plot(model, test_texts, test_data, index, max_len, device, ou
 # ---- the same in every script of this collection ----
 
 
-def add_common_flags(p, data):
+def parse_with_common_flags(p, argv, data, fp16=True):
     add = p.add_argument
     add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
-    add(
-        "--device",
-        choices=["auto", "cpu", "cuda", "mps"],
-        default="auto",
-        help="where to train (default auto: CUDA, then Apple MPS, then the CPU)",
-    )
-    add(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="number format (default auto: bf16 where the hardware has it natively, fp16 with "
-        "loss scaling on older CUDA GPUs, else fp32)",
-    )
-    add(
-        "--data-dir",
-        type=Path,
-        default=TOP / "data",
-        help=f"folder holding (or receiving) {data} (default: {TOP / 'data'})"
-        if data
-        else "unused: this script makes its data (kept so that every script takes the same flags)",
-    )
-    add(
-        "--out-dir",
-        type=Path,
-        default=TOP / "runs" / Path(__file__).stem,
-        help="where metrics.json and the plots go (default: runs/<script name>/)",
-    )
+    add("--device", default="auto", choices="auto cpu cuda mps xpu".split(), help="auto: any GPU")
+    formats = ["auto", "fp32", "bf16", "fp16"][: 3 + fp16]
+    add("--precision", default="auto", choices=formats, help="number format (default auto)")
+    if data:
+        add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
     add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    args = p.parse_args(argv)
+    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
 def positive(kind):
     """An argparse type: a number of `kind` above zero."""
 
     def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
+        with contextlib.suppress(ValueError):
+            if kind(text) > 0:
+                return kind(text)
+        raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
 
     return parse
 
 
-def fail(message):
-    """Stop with a one-line error instead of a traceback."""
-    sys.exit(f"error: {message}")
-
-
-def first_line(err):
-    """An exception as one short line (some, like EOFError, have no message at all)."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
-def pick_device(requested):
-    """(device, why): --device as asked; for 'auto', CUDA, then Apple MPS, then the CPU."""
-    gpu_problem = unsupported_gpu() if torch.cuda.is_available() else None
-    if requested in ("auto", "cuda") and torch.cuda.is_available() and not gpu_problem:
-        return torch.device("cuda"), torch.cuda.get_device_name()
-    if requested == "cuda":
-        fail(gpu_problem or "--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps was asked for, but Apple MPS is not available: use --device cpu")
-    if requested == "mps" or (requested == "auto" and torch.backends.mps.is_available()):
-        return torch.device("mps"), "Apple GPU"
-    why = f"{torch.get_num_threads()} threads" + (f"; {gpu_problem}" if gpu_problem else "")
-    return torch.device("cpu"), why
-
-
-def unsupported_gpu():
-    """Why this PyTorch build cannot run on the GPU, or None if it can.
-
-    A CUDA build carries kernels for some GPU generations only (the lock's CUDA 13 build: compute
-    capability 7.5 and newer). On an older GPU torch.cuda.is_available() is still True, and the
-    first kernel fails with "no kernel image is available".
-    """
-    capability = torch.cuda.get_device_capability()
-    for arch in torch.cuda.get_arch_list():  # e.g. "sm_75", "sm_90a", "compute_120"
-        kind, _, number = arch.partition("_")
-        digits = "".join(c for c in number if c.isdigit())
-        built = (int(digits[:-1]), int(digits[-1]))
-        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
-            return None  # machine code for this generation
-        if kind == "compute" and built <= capability:
-            return None  # PTX, compiled for this GPU when first used
-    major, minor = capability
-    return (
-        f"the GPU {torch.cuda.get_device_name()} (compute capability {major}.{minor}) is too old "
-        f"for this PyTorch build (kernels for {' '.join(torch.cuda.get_arch_list())}): install "
-        "a PyTorch build that supports it (pytorch.org), or use --device cpu"
-    )
-
-
-def pick_precision(requested, device):
-    """(precision, why): bf16 where the hardware has native bfloat16, fp16 (with a GradScaler) on
-    older CUDA GPUs, fp32 on MPS and on CPUs without bfloat16."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            best, why = "bf16", f"native bfloat16 on compute capability {major}.{minor}"
-        else:
-            best, why = "fp16", f"compute capability {major}.{minor}: no native bfloat16 before 8.0"
-    elif device.type == "mps":
-        best, why = "fp32", "the MPS default: mixed precision there is new and its speed varies"
-    elif cpu_has_native_bf16():
-        best, why = "bf16", "this CPU has native bfloat16"
-    else:
-        best, why = "fp32", "this CPU has no native bfloat16"
-    if requested == "auto":
-        return best, f"auto: {why}"
-    if requested == "bf16" and device.type == "cuda" and best != "bf16":
-        fail(f"--precision bf16: {why}; use --precision fp16 (or auto)")
-    return requested, "as asked"
-
-
-def cpu_has_native_bf16():
-    """PyTorch has no public check, so this asks oneDNN through a private call, guarded: if that
-    call ever changes or disappears, the answer is "no" (fp32), never a crash."""
+def pick_device_and_precision(args, fp16=True):
+    """Set args.device and args.precision: as asked, or for 'auto' the GPU PyTorch finds and bf16
+    where it is native (a CPU's oneDNN says, privately; errors mean no), else fp16 (CUDA), fp32."""
+    found = torch.accelerator.current_accelerator(check_available=True)
+    device = torch.device(found or "cpu" if args.device == "auto" else args.device)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
+        # One tiny operation: fails now, not mid-run, if the GPU is missing or too old for PyTorch.
+        torch.ones(1, device=device).add_(1).item()
+    except Exception as err:
+        if args.device != "auto":
+            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
+        print(f"the {device} GPU failed a test ({err!r}): using the CPU")
+        device = torch.device("cpu")
+    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    with contextlib.suppress(Exception):
+        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
+    precision = best if args.precision == "auto" else args.precision
+    if precision == "bf16" and cuda and not native:
+        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
+    args.device, args.precision = device, precision
 
 
-def autocast_for(device, precision):
-    """The context that runs matrix maths in bf16 or fp16 (weights and sums stay fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+def log_epoch(history, **figures):
+    """Keep one epoch's figures and print them on one line, the same way in every script."""
+    history.append(figures)
+    print("  ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in figures.items()))
 
 
-def epoch_line(entry):
-    """One epoch's figures, printed the same way in every script."""
-    line = f"epoch {entry['epoch']:2d}"
-    for split in ("train", "val", "test"):
-        if f"{split}_accuracy" in entry:
-            loss, accuracy = entry[f"{split}_loss"], entry[f"{split}_accuracy"]
-            line += f"  {split} loss {loss:.4f}  {split} acc {accuracy:.4f}"
-    return line + f"  time {entry['seconds']:.1f}s"
-
-
-def write_metrics(args, device, precision, history, name="metrics.json", **results):
-    """metrics.json: which script ran where and how, its final figures (test_* are only ever
-    test-set figures), and every epoch's; then print the headline figure."""
-    split = "test" if "test_accuracy" in results else "val"
-    metrics = dict(script=Path(__file__).name, device=str(device), precision=precision)
-    metrics.update(torch=torch.__version__, threads=torch.get_num_threads(), seed=args.seed)
-    if device.type == "cuda":
-        metrics["gpu"] = torch.cuda.get_device_name()
-        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    metrics.update(eval_split=split, **results)
-    if history:  # a training run (--eval-only trains nothing, so it records no epochs)
-        metrics.update(epochs=len(history), train_seconds=sum(h["seconds"] for h in history))
-        metrics["history"] = history
+def write_metrics(args, history, **results):
+    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
+    headline = next(iter(results))
+    metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
+    metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
+    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / name).write_text(json.dumps(metrics, indent=2))
-    print(f"{split} accuracy {results[f'{split}_accuracy']:.4f}; results in {args.out_dir}")
+    (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")
 
 
 if __name__ == "__main__":
