@@ -4,6 +4,7 @@ Each image's pixels all hold one value, chosen from its index, so a test can che
 that a script's loader decodes, labels and normalises every image correctly.
 """
 
+import csv
 import gzip
 import hashlib
 import json
@@ -17,6 +18,14 @@ CIFAR_TRAIN_PER_BATCH = 20  # 5 batch files -> 100 training images
 CIFAR_TEST = 20
 MNIST_TRAIN, MNIST_TEST = 100, 40
 IMDB_PER_CLASS = {"train": 24, "test": 8}
+GOEMOTIONS_ROWS = {"train": 84, "dev": 56, "test": 56}
+GOEMOTIONS_LABELS = (
+    "admiration amusement anger annoyance approval caring confusion curiosity desire "
+    "disappointment disapproval disgust embarrassment excitement fear gratitude grief joy love "
+    "nervousness optimism pride realization relief remorse sadness surprise neutral"
+).split()
+JIGSAW_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+JIGSAW_ROWS = {"train": 64, "test": 24}
 
 
 def pixel_value(index):
@@ -105,6 +114,70 @@ def write_aclimdb(root):
                 (folder / f"{i}_{rating}.txt").write_text(imdb_review(split, label, i))
 
 
+def goemotions_labels(index):
+    """Label ids of row `index`: one label, and a second one on every third row."""
+    first = index % len(GOEMOTIONS_LABELS)
+    return [first, (first + 5) % len(GOEMOTIONS_LABELS)] if index % 3 == 0 else [first]
+
+
+def write_goemotions(root):
+    """goemotions/{train,dev,test}.tsv (text, label ids, comment id) and emotions.txt.
+
+    Each text names its labels (the emotion's own word), so a short training learns them.
+    """
+    folder = Path(root) / "goemotions"
+    folder.mkdir(parents=True)
+    # The official file has no newline after its last name.
+    (folder / "emotions.txt").write_text("\n".join(GOEMOTIONS_LABELS))
+    for split, count in GOEMOTIONS_ROWS.items():
+        lines = []
+        for i in range(count):
+            ids = goemotions_labels(i)
+            words = " and ".join(GOEMOTIONS_LABELS[k] for k in ids)
+            text = f'"Comment {i}": so much {words}, [NAME] said "{words}"!'
+            lines.append(f"{text}\t{','.join(map(str, ids))}\te{split[:2]}{i:04d}\n")
+        (folder / f"{split}.tsv").write_text("".join(lines))
+
+
+def jigsaw_labels(index):
+    """Labels of row `index`: label index % 8 (severe_toxic also toxic), none for 6 and 7."""
+    labels = [0] * len(JIGSAW_LABELS)
+    if index % 8 < len(JIGSAW_LABELS):
+        labels[index % 8] = 1
+    labels[0] |= labels[1]
+    return labels
+
+
+def jigsaw_comment(index, labels):
+    words = " ".join(f"{name}word" for name, on in zip(JIGSAW_LABELS, labels) if on)
+    return f'Comment {index}, "quoted", {words or "fine"}\n\nSecond line: {words or "ok"}.'
+
+
+def write_jigsaw(root):
+    """jigsaw-toxic-comment-classification-challenge/ train.csv, test.csv, test_labels.csv, as
+    Kaggle has them: quoted comments spanning lines; test rows Kaggle did not score are -1."""
+    folder = Path(root) / "jigsaw-toxic-comment-classification-challenge"
+    folder.mkdir(parents=True)
+    with open(folder / "train.csv", "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow(["id", "comment_text", *JIGSAW_LABELS])
+        for i in range(JIGSAW_ROWS["train"]):
+            labels = jigsaw_labels(i)
+            writer.writerow([f"{i:016x}", jigsaw_comment(i, labels), *labels])
+    with (
+        open(folder / "test.csv", "w", newline="", encoding="utf-8") as texts,
+        open(folder / "test_labels.csv", "w", newline="", encoding="utf-8") as labels_file,
+    ):
+        text_writer, label_writer = csv.writer(texts), csv.writer(labels_file)
+        text_writer.writerow(["id", "comment_text"])
+        label_writer.writerow(["id", *JIGSAW_LABELS])
+        for i in range(JIGSAW_ROWS["test"]):
+            labels = jigsaw_labels(i)
+            text_writer.writerow([f"t{i:015x}", jigsaw_comment(i, labels)])
+            scored = labels if i % 3 else [-1] * len(JIGSAW_LABELS)
+            label_writer.writerow([f"t{i:015x}", *scored])
+
+
 def write_all(root):
     """Write every fixture dataset under root; return the path of the JSON of their MD5s."""
     root = Path(root)
@@ -113,6 +186,8 @@ def write_all(root):
     write_mnist_like(root, "MNIST", md5s)
     write_mnist_like(root, "FashionMNIST", md5s)
     write_aclimdb(root)
+    write_goemotions(root)
+    write_jigsaw(root)
     md5_file = root / "fixture-md5s.json"
     md5_file.write_text(json.dumps(md5s))
     return md5_file
