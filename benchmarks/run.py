@@ -79,6 +79,7 @@ def parse_args(argv=None):
         help="run only these scripts (paths as listed in TARGETS)",
     )
     add("--repeats", type=int, default=1, help="runs per script; times are medians (default 1)")
+    add("--keep", type=Path, help="keep every script's output folder and log here (default: none)")
     add(
         "--results-dir",
         type=Path,
@@ -252,6 +253,9 @@ def main(argv=None):
     chosen = [t for t in TARGETS if args.only is None or t[0] in args.only]
     results = []
     with tempfile.TemporaryDirectory(prefix="benchmark-") as work:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+        work = args.keep or work
         for script, floor, target, processes in chosen:
             launch = f" under torchrun with {processes} processes" if processes else ""
             print(f"running {script}{launch} ...", flush=True)

@@ -13,7 +13,7 @@ Expect: about 0.70 test accuracy after the default 5 epochs, with 1 process or m
 
 Run:
     python distributed/conv_net_cifar_ddp.py                                     # 1 process
-    torchrun --standalone --nproc-per-node 2 distributed/conv_net_cifar_ddp.py   # 2 on this machine
+    torchrun --standalone --nproc-per-node 2 distributed/conv_net_cifar_ddp.py   # 2 on one machine
     torchrun --standalone --nproc-per-node 2 --max-restarts 3 distributed/conv_net_cifar_ddp.py
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --rdzv-backend c10d \
         --rdzv-endpoint HOST:29500 distributed/conv_net_cifar_ddp.py   # 2 machines: README.md
@@ -273,7 +273,7 @@ def start_process_group(args):
     """Join the other processes; return this one's rank, device, precision and backend.
 
     torchrun tells every process who it is through environment variables: RANK (0 to
-    WORLD_SIZE - 1 over all machines), LOCAL_RANK (on this machine) and where to meet
+    WORLD_SIZE - 1 over all machines), LOCAL_RANK (on its own machine) and where to meet
     (MASTER_ADDR:MASTER_PORT). Run as plain `python`, none is set: a group of one.
     """
     env = os.environ
@@ -296,7 +296,7 @@ def start_process_group(args):
     if device.type == "cuda":
         if local_size > torch.cuda.device_count():
             sys.exit(
-                f"error: {local_size} processes on this machine but {torch.cuda.device_count()} "
+                f"error: {local_size} processes on one machine but {torch.cuda.device_count()} "
                 f"GPU(s): use --nproc-per-node {torch.cuda.device_count()} (one process per GPU)"
             )
         args.device = device = torch.device("cuda", local_rank)

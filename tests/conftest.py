@@ -1,7 +1,9 @@
 import importlib.util
 import json
 import os
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,26 @@ def load_script(relative_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def dry_runs(data_dir, script_env, tmp_path_factory):
+    """Every script's dry run as a user would start it (a subprocess, offline, on the fixtures):
+    {script: (CompletedProcess, out_dir)}, as many at once as there are cores."""
+
+    def run(script):
+        work_dir = tmp_path_factory.mktemp(script.stem)
+        data = ["--data-dir", str(data_dir)] if takes_data_dir(script) else []
+        out = ["--out-dir", str(work_dir / "out")]
+        result = subprocess.run(
+            [sys.executable, str(script), "--dry-run", *data, *out],
+            cwd=work_dir,
+            env=script_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return result, work_dir / "out"
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(all_scripts(), pool.map(run, all_scripts())))

@@ -19,6 +19,8 @@ CIFAR_TEST = 20
 MNIST_TRAIN, MNIST_TEST = 100, 40
 IMDB_PER_CLASS = {"train": 24, "test": 8}
 GOEMOTIONS_ROWS = {"train": 84, "dev": 56, "test": 56}
+# The rows of each split are numbered from here: different texts and labels in each split.
+GOEMOTIONS_FIRST_ROW = {"train": 0, "dev": 100, "test": 200}
 GOEMOTIONS_LABELS = (
     "admiration amusement anger annoyance approval caring confusion curiosity desire "
     "disappointment disapproval disgust embarrassment excitement fear gratitude grief joy love "
@@ -131,11 +133,11 @@ def write_goemotions(root):
     (folder / "emotions.txt").write_text("\n".join(GOEMOTIONS_LABELS))
     for split, count in GOEMOTIONS_ROWS.items():
         lines = []
-        for i in range(count):
+        for i in range(GOEMOTIONS_FIRST_ROW[split], GOEMOTIONS_FIRST_ROW[split] + count):
             ids = goemotions_labels(i)
             words = " and ".join(GOEMOTIONS_LABELS[k] for k in ids)
             text = f'"Comment {i}": so much {words}, [NAME] said "{words}"!'
-            lines.append(f"{text}\t{','.join(map(str, ids))}\te{split[:2]}{i:04d}\n")
+            lines.append(f"{text}\t{','.join(map(str, ids))}\tecm{i:04d}\n")
         (folder / f"{split}.tsv").write_text("".join(lines))
 
 

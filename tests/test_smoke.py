@@ -1,38 +1,12 @@
 """Run every script as a user would: a subprocess with --dry-run on the fixture data, offline."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from conftest import REPO, all_scripts, takes_data_dir
-
-
-@pytest.fixture(scope="module")
-def dry_runs(data_dir, script_env, tmp_path_factory):
-    """Every script's dry run, as many at once as there are cores (mostly importing torch)."""
-
-    def run(script):
-        work_dir = tmp_path_factory.mktemp(script.stem)
-        data = ["--data-dir", str(data_dir)] if takes_data_dir(script) else []
-        out = ["--out-dir", str(work_dir / "out")]
-        result = subprocess.run(
-            [sys.executable, str(script), "--dry-run", *data, *out],
-            cwd=work_dir,
-            env=script_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        return result, work_dir / "out"
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return dict(zip(all_scripts(), pool.map(run, all_scripts())))
+from conftest import REPO, all_scripts
 
 
 @pytest.mark.parametrize("script", all_scripts(), ids=lambda p: str(p.relative_to(REPO)))

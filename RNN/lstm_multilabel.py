@@ -1,0 +1,611 @@
+"""Emotions in Reddit comments with an LSTM: one comment, any number of labels (multilabel).
+
+Model:  word embedding (128) -> dropout -> bidirectional LSTM (128 each way) -> max and mean
+        over the words -> dropout -> linear to one logit per label: each label is its own
+        yes/no question (sigmoid, binary cross-entropy), so a comment gets any number of them.
+Data:   GoEmotions (Demszky et al., ACL 2020): 58,009 Reddit comments with one or more of 27
+        emotions or "neutral", split 43,410 train / 5,426 dev / 5,427 test, downloaded into
+        data/goemotions/ on first use. The dev split picks the best epoch and one threshold per
+        label; the test split is used once, at the end. Or, with --dataset jigsaw, Kaggle's
+        Jigsaw Toxic Comment Classification Challenge (159,571 training comments, 6 labels;
+        Kaggle needs an account, so its files are put in place by hand: the script says how).
+Expect: GoEmotions test macro-F1 (the mean of the 28 labels' F1, the paper's headline; BERT-base
+        reached 0.46) about 0.45 in 2-3 minutes on a 2-core CPU; rare labels score lowest.
+
+Run:
+    python RNN/lstm_multilabel.py             # GoEmotions, the defaults; writes OUT_DIR/model.pt
+    python RNN/lstm_multilabel.py --dry-run   # one tiny batch: checks the set-up in seconds
+    python RNN/lstm_multilabel.py --predict "Thank you so much!" --predict "Why would you?"
+    echo "One comment per line" | python RNN/lstm_multilabel.py --predict -
+
+Writes model.pt, metrics.json, curves.png and labels.png (each label's test F1 beside its share
+of the training comments) into --out-dir. To use the model elsewhere:
+    saved = torch.load("runs/lstm_multilabel/model.pt", weights_only=True)
+    sizes = saved["settings"]["embedding"], saved["settings"]["hidden"]
+    model = MultilabelLSTM(len(saved["vocab"]), len(saved["labels"]), *sizes)
+    model.load_state_dict(saved["weights"])  # then as predict() does
+"""
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import re
+import sys
+import time
+import urllib.request
+import zipfile
+from collections import Counter, defaultdict
+from pathlib import Path
+from signal import SIGINT, signal
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+HERE = Path(__file__).resolve().parent
+# In this repository data/ and runs/ are the top-level ones; a copy elsewhere keeps its own.
+TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
+GOEMOTIONS_URL = "https://raw.githubusercontent.com/google-research/google-research/master/"
+GOEMOTIONS_URL += "goemotions/data/"
+GOEMOTIONS_FILES = ("train.tsv", "dev.tsv", "test.tsv", "emotions.txt")
+# The labels in the order of emotions.txt: the files give a comment's labels as these indices.
+GOEMOTIONS_LABELS = (
+    "admiration amusement anger annoyance approval caring confusion curiosity desire "
+    "disappointment disapproval disgust embarrassment excitement fear gratitude grief joy love "
+    "nervousness optimism pride realization relief remorse sadness surprise neutral"
+).split()
+JIGSAW_FOLDER = "jigsaw-toxic-comment-classification-challenge"
+JIGSAW_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+# The share of Jigsaw's training file that validates (a seeded draw).
+JIGSAW_VAL_FRACTION = 0.1
+EMBEDDING, HIDDEN = 128, 128
+# The vocabulary index of "<unk>", which stands for any word not in the vocabulary.
+UNK = 0
+# The thresholds tried for each label, from high to low, so that a tie goes to the higher one.
+THRESHOLD_GRID = torch.linspace(0.99, 0.01, 99)
+
+# ---- the text pipeline, as in lstm_imdb.py ----
+
+# A run of letters/digits, or any other visible character (punctuation, emoji).
+TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+
+
+def tokenize(text):
+    return TOKEN.findall(text.lower())
+
+
+def build_vocab(texts, min_freq, max_size):
+    """Words of the training comments, most frequent first, after <unk>."""
+    counts = Counter(token for text in texts for token in tokenize(text))
+    words = [word for word, count in counts.most_common() if count >= min_freq]
+    return ["<unk>"] + words[: max_size - 1]
+
+
+def encode(text, index, max_len):
+    """Token ids of the first max_len tokens; unknown words (or no words at all) are <unk>."""
+    return torch.tensor([index.get(token, UNK) for token in tokenize(text)[:max_len]] or [UNK])
+
+
+def batches(sequences, targets, batch_size, generator=None):
+    """Batches of comments that all have the same number of tokens (bucketing by length).
+
+    Nothing is padded, so the backward half of the LSTM starts at each comment's own last word
+    and max and mean see its words only: a comment gets the same probabilities in any batch.
+    Given a seeded generator, which comments share a batch and the batch order are random.
+    """
+    order = torch.randperm(len(sequences), generator=generator) if generator else None
+    by_length = defaultdict(list)
+    for k in range(len(sequences)) if order is None else order.tolist():
+        by_length[len(sequences[k])].append(k)
+    groups = [
+        same[i : i + batch_size]
+        for same in by_length.values()
+        for i in range(0, len(same), batch_size)
+    ]
+    if generator:
+        groups = [groups[k] for k in torch.randperm(len(groups), generator=generator)]
+    for group in groups:
+        yield torch.stack([sequences[k] for k in group]), targets[group]
+
+
+class MultilabelLSTM(nn.Module):
+    def __init__(self, vocab_size, labels, embedding, hidden, dropout=0.3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding)
+        self.lstm = nn.LSTM(embedding, hidden, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(dropout)
+        # One logit per label, from the max and the mean of both directions' outputs.
+        self.out = nn.Linear(4 * hidden, labels)
+
+    def forward(self, tokens):
+        embedded = self.dropout(self.embedding(tokens))
+        # CUDA autocast would run cuDNN's LSTM in float16 whatever dtype was asked for, and
+        # float16 gradients underflow without loss scaling: on CUDA the LSTM opts out and runs
+        # in float32. (This leaves CPU autocast alone: there the LSTM runs in bfloat16.)
+        with torch.autocast("cuda", enabled=False):
+            outputs, _ = self.lstm(embedded)
+        # Max over the words finds the strongest sign of each feature anywhere in the comment
+        # (one "thanks" is enough for gratitude); the mean says how much of the comment is so.
+        pooled = torch.cat([outputs.amax(1), outputs.mean(1)], 1)
+        return self.out(self.dropout(pooled))
+
+
+def train_one_epoch(model, batches, optimizer, pos_weight, amp):
+    """One pass over the training batches: the mean loss per comment and label."""
+    model.train()
+    autocast, scaler = amp
+    device = next(model.parameters()).device
+    total_loss = count = 0
+    for tokens, targets in batches:
+        tokens, targets = tokens.to(device), targets.to(device)
+        with autocast:
+            logits = model(tokens)
+        # One independent yes/no question per label: the sigmoid of each logit is that label's
+        # probability, scored against 0 or 1 by binary cross-entropy. (Softmax with
+        # cross-entropy would make the labels compete for one unit of probability, as if a
+        # comment could not be both grateful and joyful.)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
+        optimizer.zero_grad()
+        # fp16 only (else the scaler does nothing): see conv_net_cifar.py.
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total_loss += loss.item() * len(targets)
+        count += len(targets)
+    return {"loss": total_loss / count}
+
+
+# No gradients are needed to evaluate: faster, and less memory.
+@torch.no_grad()
+def evaluate(model, batches, pos_weight, autocast):
+    """Loss and mean ROC AUC, with every comment's label probabilities and targets (for F1)."""
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, probabilities, targets = 0, [], []
+    for tokens, batch_targets in batches:
+        with autocast:
+            logits = model(tokens.to(device)).float()
+        batch_targets = batch_targets.to(device)
+        loss = F.binary_cross_entropy_with_logits(logits, batch_targets, pos_weight=pos_weight)
+        total_loss += loss.item() * len(batch_targets)
+        probabilities.append(logits.sigmoid().cpu())
+        targets.append(batch_targets.cpu())
+    probabilities, targets = torch.cat(probabilities), torch.cat(targets)
+    mean_auc = roc_auc(probabilities, targets).nanmean().item()
+    loss = total_loss / len(targets)
+    return dict(loss=loss, mean_auc=mean_auc, probabilities=probabilities, targets=targets)
+
+
+# ---- the figures of a multilabel classifier ----
+
+
+def f1_scores(predicted, targets):
+    """Per label precision, recall and F1; macro-F1 (their mean); micro-F1 (pooled counts).
+
+    Each label is one yes/no task: its true positives are the comments rightly given it, its
+    false positives those wrongly given it, its false negatives those it missed. A ratio with
+    nothing to count (the precision of a label never predicted) is 0, as in scikit-learn.
+    """
+    predicted, targets = predicted.bool(), targets.bool()
+    true_pos = (predicted & targets).sum(0).float()
+    false_pos = (predicted & ~targets).sum(0).float()
+    false_neg = (~predicted & targets).sum(0).float()
+    precision = true_pos / (true_pos + false_pos).clamp(min=1)
+    recall = true_pos / (true_pos + false_neg).clamp(min=1)
+    # F1, the harmonic mean of precision and recall, is 2 TP / (2 TP + FP + FN).
+    f1 = 2 * true_pos / (2 * true_pos + false_pos + false_neg).clamp(min=1)
+    # Macro-F1 weighs every label alike, rare or common. Micro-F1 pools the counts of all the
+    # labels first, so the common ones (neutral) weigh most.
+    micro_f1 = 2 * true_pos.sum() / (2 * true_pos + false_pos + false_neg).sum().clamp(min=1)
+    figures = dict(precision=precision, recall=recall, f1=f1, macro_f1=f1.mean().item())
+    return figures | dict(micro_f1=micro_f1.item())
+
+
+def roc_auc(probabilities, targets):
+    """Per label, the chance that a comment with the label scores above one without it (a tie
+    counts half): the area under its ROC curve, whatever the threshold. NaN for a label that is
+    on every comment or on none. The mean over labels is the Jigsaw competition's metric."""
+    aucs = []
+    for scores, present in zip(probabilities.T, targets.bool().T):
+        positives, negatives = present.sum(), (~present).sum()
+        # Rank all the scores, tied ones sharing their mean rank. The positives' rank sum, less
+        # the least it could be, counts the (positive, negative) pairs in the right order.
+        _, group, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+        mean_rank = counts.cumsum(0) - (counts - 1) / 2
+        ordered_pairs = mean_rank[group][present].sum() - positives * (positives + 1) / 2
+        aucs.append(ordered_pairs / (positives * negatives))
+    return torch.stack(aucs)
+
+
+def tune_thresholds(probabilities, targets):
+    """Per label, the threshold of THRESHOLD_GRID with the best F1 on these comments: the
+    validation split's, never the test split's (that would flatter the test figures)."""
+    f1_at = torch.stack([f1_scores(probabilities > t, targets)["f1"] for t in THRESHOLD_GRID])
+    return THRESHOLD_GRID[f1_at.argmax(0)]
+
+
+@torch.no_grad()
+def predict(texts, checkpoint, device):
+    """For each text: every label above its threshold with its probability, most likely first."""
+    model, saved = load_checkpoint(checkpoint, device)
+    index = {word: i for i, word in enumerate(saved["vocab"])}
+    if empty := [text for text in texts if not tokenize(text)]:
+        sys.exit(f"error: nothing to classify in {empty[0]!r}: give --predict some words")
+    for text in texts:
+        tokens = encode(text, index, saved["settings"]["max_len"]).to(device)
+        chances = model(tokens.unsqueeze(0))[0].float().sigmoid().tolist()
+        ranked = sorted(range(len(chances)), key=lambda k: -chances[k])
+        found = [k for k in ranked if chances[k] > saved["thresholds"][k]]
+        line = ", ".join(f"{saved['labels'][k]} {chances[k]:.3f}" for k in found or ranked[:1])
+        line += "" if found else " (the most likely; no label is above its threshold)"
+        print(f"{line}  | {text[:70]}{'...' if len(text) > 70 else ''}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    pick_device_and_precision(args)
+    checkpoint = args.checkpoint or args.out_dir / "model.pt"
+    if args.predict:
+        return predict(read_texts(args.predict), checkpoint, args.device)
+    if args.precision == "fp16" and args.device.type == "cpu":
+        sys.exit("error: --precision fp16: PyTorch has no float16 LSTM on a CPU; use bf16 or fp32")
+    # The same seed, the same weights, dropout and batches: the same result on one machine.
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
+    # GradScaler that keeps small gradients from vanishing (it does nothing otherwise).
+    dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
+    autocast = torch.autocast(args.device.type, dtype, enabled=args.precision != "fp32")
+    scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
+
+    splits, labels = load_dataset(args)
+    # The vocabulary comes from the training split only, like everything the model learns.
+    vocab = build_vocab(splits[0][0], args.min_freq, args.max_vocab)
+    index = {word: i for i, word in enumerate(vocab)}
+    sizes = [len(texts) for texts, _ in splits]
+    print("data: {} training, {} validation, {} test comments; ".format(*sizes), end="")
+    print(f"{len(labels)} labels; {len(vocab)} words in the vocabulary")
+    encoded = [([encode(text, index, args.max_len) for text in texts], y) for texts, y in splits]
+    train_data, val_data, test_data = encoded
+
+    model = MultilabelLSTM(len(vocab), len(labels), EMBEDDING, HIDDEN).to(args.device)
+    # Each label's share of the training comments: grief is on 0.18% of them, neutral on 33%.
+    share = train_data[1].mean(0)
+    # pos_weight counts each comment that has a label this many times over in the loss: a rare
+    # label's few comments then weigh more against the many that say "no".
+    pos_weight = (((1 - share) / share.clamp(min=1e-4)) ** args.pos_weight_power).to(args.device)
+    # fused: Adam's update in one pass over each weight tensor, not a dozen. On a CPU, updating
+    # the embedding's 1.7 million weights at every step took half of the training time without it.
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    # What model.pt holds besides the weights and thresholds (weights_only=True loads it: only
+    # tensors, strings and numbers, unlike a pickled model, whose loading could run any code).
+    settings = dict(embedding=EMBEDDING, hidden=HIDDEN, max_len=args.max_len, dataset=args.dataset)
+    contents = dict(vocab=vocab, labels=labels, settings=settings)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+
+    history, best = [], 0
+    for epoch in range(1, args.epochs + 1):
+        start = time.perf_counter()
+        epoch_batches = list(batches(*train_data, args.batch_size, generator))
+        # disable=None: a progress bar on a terminal only, not in a log file.
+        epoch_batches = tqdm(epoch_batches, disable=None)
+        train = train_one_epoch(model, epoch_batches, optimizer, pos_weight, (autocast, scaler))
+        seconds = time.perf_counter() - start
+        val = evaluate(model, batches(*val_data, 256), pos_weight, autocast)
+        thresholds = tune_thresholds(val["probabilities"], val["targets"])
+        val_f1 = f1_scores(val["probabilities"] > thresholds, val["targets"])["macro_f1"]
+        figures = dict(train_loss=train["loss"], val_loss=val["loss"], val_macro_f1=val_f1)
+        log_epoch(history, epoch=epoch, **figures, val_mean_auc=val["mean_auc"], seconds=seconds)
+        # Keep the epoch with the best validation macro-F1, with the thresholds tuned for it.
+        if not best or val_f1 > history[best - 1]["val_macro_f1"]:
+            best, contents["thresholds"] = epoch, [round(t, 2) for t in thresholds.tolist()]
+            torch.save(dict(contents, weights=model.state_dict()), checkpoint)
+
+    # The best epoch, with its thresholds: the test split is used once, here.
+    model, saved = load_checkpoint(checkpoint, args.device)
+    test = evaluate(model, batches(*test_data, 256), pos_weight, autocast)
+    thresholds = torch.tensor(saved["thresholds"])
+    tuned = f1_scores(test["probabilities"] > thresholds, test["targets"])
+    at_half = f1_scores(test["probabilities"] > 0.5, test["targets"])
+    aucs = roc_auc(test["probabilities"], test["targets"])
+    per_label = report_labels(labels, share, thresholds, tuned, aucs)
+    print(
+        f"test, epoch {best}: macro-F1 {tuned['macro_f1']:.4f} with the tuned thresholds, "
+        f"{at_half['macro_f1']:.4f} with 0.5 for every label"
+    )
+    save_plots(history, per_label, args.out_dir)
+    results = dict(test_macro_f1=tuned["macro_f1"], test_micro_f1=tuned["micro_f1"])
+    results["test_mean_auc"] = aucs.nanmean().item()
+    results["test_macro_f1_at_0.5"] = at_half["macro_f1"]
+    results["test_micro_f1_at_0.5"] = at_half["micro_f1"]
+    write_metrics(args, history, **results, test_per_label=per_label, best_epoch=best)
+
+
+# ---- plumbing: flags, data files, checkpoints, plots (the lesson is above) ----
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = p.add_argument
+    help = "goemotions (the default, downloaded) or jigsaw (Kaggle's files, put in place by hand)"
+    add("--dataset", default="goemotions", choices=["goemotions", "jigsaw"], help=help)
+    add("--epochs", type=positive(int), default=4, help="passes over the training set (default 4)")
+    add("--batch-size", type=positive(int), default=32, help="comments per step (default 32)")
+    add("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
+    help = "weigh a label's comments by (negatives/positives)**POWER in the loss (default 0.5)"
+    add("--pos-weight-power", type=float, default=0.5, metavar="POWER", help=help)
+    add(
+        "--max-len",
+        type=positive(int),
+        default=200,
+        help="a comment's first tokens kept (default 200)",
+    )
+    add("--min-freq", type=positive(int), default=2, help="rarer words are <unk> (default 2)")
+    add("--max-vocab", type=positive(int), default=20_000, help="vocabulary size (default 20000)")
+    add("--checkpoint", type=Path, help="written, or read by --predict (default OUT_DIR/model.pt)")
+    help = "label TEXT with the checkpoint (repeatable); '-': one text a line from stdin"
+    add("--predict", action="append", metavar="TEXT", help=help)
+    args = parse_with_common_flags(p, argv, data=f"goemotions/ or {JIGSAW_FOLDER}/")
+    # --predict reads everything else from the checkpoint: a training flag with it is a mistake.
+    allowed = ("predict", "checkpoint", "out_dir", "device")
+    given = [k for k, value in vars(args).items() if k not in allowed and value != p.get_default(k)]
+    if args.predict and given:
+        flags = " ".join("--" + name.replace("_", "-") for name in given)
+        sys.exit(f"error: {flags}: not with --predict (it takes --checkpoint, --out-dir, --device)")
+    if args.dry_run:
+        args.epochs, args.batch_size, args.min_freq = 1, 8, 1
+    return args
+
+
+def read_texts(predict_args):
+    """The texts given to --predict; '-' alone means one text per line of standard input."""
+    if predict_args != ["-"]:
+        return predict_args
+    texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not texts:
+        sys.exit("error: --predict - read no text from standard input: give one comment per line")
+    return texts
+
+
+def load_dataset(args):
+    """(train, validation, test), each (texts, multi-hot targets); and the label names."""
+    if args.dataset == "goemotions":
+        folder = get_goemotions(args.data_dir)
+        splits = [read_goemotions(folder / f"{name}.tsv") for name in ("train", "dev", "test")]
+        labels = GOEMOTIONS_LABELS
+    else:
+        splits = read_jigsaw(args.data_dir / JIGSAW_FOLDER, args.seed)
+        labels = JIGSAW_LABELS
+    if args.dry_run:
+        splits = [(texts[:16], targets[:16]) for texts, targets in splits]
+    return splits, labels
+
+
+def get_goemotions(data_dir):
+    """data_dir/goemotions/, once the files missing there are downloaded."""
+    folder = data_dir / "goemotions"
+    missing = [name for name in GOEMOTIONS_FILES if not (folder / name).is_file()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in missing:
+            print(f"downloading {GOEMOTIONS_URL}{name}")
+            with urllib.request.urlopen(GOEMOTIONS_URL + name, timeout=60) as response:
+                (folder / f"{name}.part").write_bytes(response.read())
+            (folder / f"{name}.part").rename(folder / name)
+    except OSError as err:
+        urls = " ".join(GOEMOTIONS_URL + name for name in missing)
+        sys.exit(f"error: could not download GoEmotions ({err!r}): put {urls} in {folder}/")
+    if read_file(folder / "emotions.txt").split() != GOEMOTIONS_LABELS:
+        sys.exit(f"error: {folder / 'emotions.txt'} does not list the 28 GoEmotions labels")
+    return folder
+
+
+def read_file(path):
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        sys.exit(f"error: could not read {path} ({err!r})")
+
+
+def read_goemotions(path):
+    """(texts, targets) of a GoEmotions .tsv file."""
+    texts = []
+    # Split at "\n" only: splitlines() would also split at the "\x85" or "\u2028" of a text.
+    lines = read_file(path).removesuffix("\n").split("\n")
+    targets = torch.zeros(len(lines), len(GOEMOTIONS_LABELS))
+    for number, line in enumerate(lines, 1):
+        fields = line.split("\t")
+        if len(fields) != 3:
+            sys.exit(f"error: {path} line {number}: {len(fields)} tab-separated fields, not 3")
+        ids = fields[1].split(",")
+        if not all(i.isdigit() and int(i) < len(GOEMOTIONS_LABELS) for i in ids):
+            sys.exit(f"error: {path} line {number}: label ids {fields[1]!r}, not all in 0-27")
+        texts.append(fields[0])
+        targets[number - 1, [int(i) for i in ids]] = 1
+    return texts, targets
+
+
+def read_jigsaw(folder, seed):
+    """Train (less a seeded validation share), validation and test splits: (texts, targets)."""
+    train = read_kaggle_csv(folder, "train.csv", ["id", "comment_text", *JIGSAW_LABELS])
+    test_texts = read_kaggle_csv(folder, "test.csv", ["id", "comment_text"])
+    test_labels = read_kaggle_csv(folder, "test_labels.csv", ["id", *JIGSAW_LABELS])
+    if missing := test_labels.keys() - test_texts.keys():
+        sys.exit(f"error: test_labels.csv has ids that test.csv lacks, such as {min(missing)}")
+    # Kaggle scored only the test comments whose labels are not -1: so does this script.
+    test = [(test_texts[key][0], labels) for key, (_, labels) in test_labels.items()]
+    test = [(text, labels) for text, labels in test if -1 not in labels]
+    train = list(train.values())
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    val_size = round(JIGSAW_VAL_FRACTION * len(train))
+    splits = [[train[k] for k in order[val_size:]], [train[k] for k in order[:val_size]], test]
+    return [
+        ([text for text, _ in rows], torch.tensor([y for _, y in rows]).float()) for rows in splits
+    ]
+
+
+def read_kaggle_csv(folder, name, columns):
+    """{comment id: (text, labels)} from Kaggle's NAME, or from the NAME.zip of its download."""
+    path = folder / name if (folder / name).is_file() else folder / f"{name}.zip"
+    if not path.is_file():
+        sys.exit(
+            f"error: no {name} (nor {name}.zip) in {folder}/: with a Kaggle account, accept "
+            f"the competition's rules, run `kaggle competitions download -c {JIGSAW_FOLDER}` "
+            "and unzip the download there"
+        )
+    rows, allowed = {}, {"-1", "0", "1"} if name == "test_labels.csv" else {"0", "1"}
+    try:
+        with contextlib.ExitStack() as files:
+            file = files.enter_context(open(path, "rb"))
+            if path.suffix == ".zip":
+                file = files.enter_context(zipfile.ZipFile(file).open(name))
+            # The csv module, not split(","): comments hold commas, quotes and line breaks.
+            reader = csv.reader(io.TextIOWrapper(file, encoding="utf-8", newline=""))
+            if (header := next(reader, [])) != columns:
+                sys.exit(f"error: {path}: columns {header}, expected {columns}")
+            texts = 2 if "comment_text" in columns else 1
+            for fields in reader:
+                labels = fields[texts:]
+                if len(fields) != len(columns) or not set(labels) <= allowed:
+                    what = f"{len(columns)} fields, labels among {sorted(allowed)}"
+                    sys.exit(f"error: {path} line {reader.line_num}: expected {what}")
+                rows[fields[0]] = (fields[1] if texts == 2 else None, [int(x) for x in labels])
+    except (OSError, UnicodeDecodeError, csv.Error, zipfile.BadZipFile, KeyError) as err:
+        sys.exit(f"error: could not read {path} ({err!r})")
+    return rows
+
+
+def report_labels(labels, share, thresholds, tuned, aucs):
+    """Print each label's test figures, worst F1 first; return them as a dict for metrics.json."""
+    columns = dict(train_share=share, threshold=thresholds, precision=tuned["precision"])
+    columns.update(recall=tuned["recall"], f1=tuned["f1"], auc=aucs)
+    order = tuned["f1"].argsort().tolist()
+    per_label = {labels[k]: {name: x[k].item() for name, x in columns.items()} for k in order}
+    print("         label  train share  threshold  precision  recall     F1    AUC")
+    row = "{:>14} {train_share:>12.2%} {threshold:>10.2f} {precision:>10.3f} {recall:>7.3f} "
+    for label, figures in per_label.items():
+        print((row + "{f1:>6.3f} {auc:>6.3f}").format(label, **figures))
+    return per_label
+
+
+def load_checkpoint(path, device):
+    """(model, the checkpoint's dict) saved at `path`, or a one-line error saying what is wrong."""
+    if not path.is_file():
+        sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        sizes = saved["settings"]["embedding"], saved["settings"]["hidden"]
+        model = MultilabelLSTM(len(saved["vocab"]), len(saved["labels"]), *sizes)
+        model.load_state_dict(saved["weights"])
+        if len(saved["thresholds"]) != len(saved["labels"]) or saved["settings"]["max_len"] < 1:
+            raise ValueError("thresholds, labels and settings do not match")
+    # Empty, truncated, not a torch file, or another script's checkpoint.
+    except Exception as err:
+        sys.exit(f"error: {path} is not a checkpoint of this script ({err!r})")
+    return model.to(device).eval(), saved
+
+
+def save_plots(history, per_label, out_dir):
+    """curves.png: losses, validation macro-F1 and AUC by epoch. labels.png: each label's F1."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
+    for name in ("val_macro_f1", "val_mean_auc"):
+        ax_score.plot(epochs, [h[name] for h in history], marker="o", label=name.replace("_", " "))
+    ax_loss.set(xlabel="epoch", ylabel="binary cross-entropy (train: with dropout)")
+    ax_score.set(xlabel="epoch", ylim=(0, 1))
+    ax_loss.legend(), ax_score.legend()
+    fig.savefig(out_dir / "curves.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    names = list(per_label)
+    fig, (ax_f1, ax_share) = plt.subplots(1, 2, sharey=True, figsize=(10, 1 + 0.25 * len(names)))
+    ax_f1.barh(names, [per_label[name]["f1"] for name in names])
+    ax_f1.set(xlabel="test F1 (threshold tuned on the validation split)", xlim=(0, 1))
+    shares = [100 * per_label[name]["train_share"] for name in names]
+    ax_share.barh(names, shares, color="tab:orange")
+    ax_share.set(xlabel="% of the training comments with the label (log scale)", xscale="log")
+    fig.savefig(out_dir / "labels.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---- the same in every script of this collection ----
+
+
+def parse_with_common_flags(p, argv, data, fp16=True):
+    add = p.add_argument
+    add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
+    add("--device", default="auto", choices="auto cpu cuda mps xpu".split(), help="auto: any GPU")
+    formats = ["auto", "fp32", "bf16", "fp16"][: 3 + fp16]
+    add("--precision", default="auto", choices=formats, help="number format (default auto)")
+    if data:
+        add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
+    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    args = p.parse_args(argv)
+    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above zero."""
+
+    def parse(text):
+        with contextlib.suppress(ValueError):
+            if kind(text) > 0:
+                return kind(text)
+        raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+
+    return parse
+
+
+def pick_device_and_precision(args, fp16=True):
+    """Set args.device and args.precision: as asked, or for 'auto' the GPU PyTorch finds and bf16
+    where it is native (a CPU's oneDNN says, privately; errors mean no), else fp16 (CUDA), fp32."""
+    found = torch.accelerator.current_accelerator(check_available=True)
+    device = torch.device(found or "cpu" if args.device == "auto" else args.device)
+    try:
+        # One tiny operation: fails now, not mid-run, if the GPU is missing or too old for PyTorch.
+        torch.ones(1, device=device).add_(1).item()
+    except Exception as err:
+        if args.device != "auto":
+            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
+        print(f"the {device} GPU failed a test ({err!r}): using the CPU")
+        device = torch.device("cpu")
+    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    with contextlib.suppress(Exception):
+        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
+    precision = best if args.precision == "auto" else args.precision
+    if precision == "bf16" and cuda and not native:
+        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
+    args.device, args.precision = device, precision
+
+
+def log_epoch(history, **figures):
+    """Keep one epoch's figures and print them on one line, the same way in every script."""
+    history.append(figures)
+    print("  ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in figures.items()))
+
+
+def write_metrics(args, history, **results):
+    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
+    headline = next(iter(results))
+    metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
+    metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
+    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The Markdown files tell the truth about the code: the names, flags and output files they show
+for a script exist in it, every script is documented, and every relative link resolves."""
+
+import json
+import re
+import subprocess
+import sys
+from functools import cache
+
+import pytest
+
+from conftest import REPO, all_scripts
+
+MARKDOWN = sorted(
+    p
+    for p in REPO.rglob("*.md")
+    if not {".venv", ".git", "runs", ".pytest_cache"} & set(p.relative_to(REPO).parts)
+    and not (p.parent.name == "data" and p.name != "README.md")
+)
+SCRIPTS = {p.name: p for p in all_scripts()}
+BENCHMARK = REPO / "benchmarks" / "run.py"
+# Flags of the commands around the scripts: torchrun, pip and pipenv.
+LAUNCHER_FLAGS = {"--standalone", "--nproc-per-node", "--max-restarts", "--nnodes", "--node-rank"}
+LAUNCHER_FLAGS |= {"--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--user", "--dev", "--help"}
+# Names a README quotes from other libraries, for comparison (torchtext's, retired).
+OTHER_LIBRARIES = {"basic_english"}
+# Files a script writes in another mode than --dry-run, and which script.
+OTHER_MODES = {
+    "evaluation.json": "fashion_mnist_classifier.py",
+    "snapshot.pt": "conv_net_cifar_ddp.py",
+}
+
+
+def sections(markdown):
+    """(heading, text) of every section of a Markdown text, code blocks included."""
+    parts = re.split(r"^(#{1,6} .*)$", markdown, flags=re.M)
+    return [("", parts[0])] + list(zip(parts[1::2], parts[2::2]))
+
+
+def scripts_named(text):
+    return {SCRIPTS[name] for name in re.findall(r"([\w]+\.py)\b", text) if name in SCRIPTS}
+
+
+@cache
+def help_text(script):
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120
+    )
+    return result.stdout
+
+
+def flags_of(script):
+    return set(re.findall(r"(--[a-z][a-z0-9-]*)", help_text(script)))
+
+
+def spans(text):
+    """Inline code spans, outside code blocks."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.findall(r"`([^`\n]+)`", prose)
+
+
+def problems_in(markdown, metrics_keys=frozenset(), written=None):
+    """Every claim of a Markdown text that the code does not bear out, as a list of lines."""
+    problems = []
+    all_source = "\n".join(p.read_text() for p in SCRIPTS.values())
+    for heading, text in sections(markdown):
+        named = scripts_named(heading + text)
+        source = "\n".join(p.read_text() for p in named) if named else all_source
+        for span in spans(text):
+            function = re.fullmatch(r"([A-Za-z_]\w*)\(\)", span)
+            if function and not re.search(rf"\b(def|class) {function[1]}\b", source):
+                problems.append(f"{heading}: `{span}` is defined in none of {sorted(named)}")
+            bare = re.fullmatch(r"[a-z]+(_[a-z0-9]+)+", span)
+            if (
+                bare
+                and span not in metrics_keys | OTHER_LIBRARIES
+                and not re.search(rf"\b{span}\b", source)
+            ):
+                problems.append(f"{heading}: `{span}` appears in none of {sorted(named)}")
+            flag = re.match(r"(--[a-z][a-z0-9-]*)", span)
+            if flag:
+                known = set().union(*(flags_of(s) for s in named or SCRIPTS.values()))
+                if flag[1] not in known | flags_of(BENCHMARK) | LAUNCHER_FLAGS:
+                    problems.append(f"{heading}: `{flag[1]}` is not a flag of {sorted(named)}")
+            output = re.fullmatch(r"[\w-]+\.(png|json|pt)", span)
+            if output and named and written is not None:
+                by = {s for s in named if span in written[s]}
+                if not by and OTHER_MODES.get(span) not in {s.name for s in named}:
+                    problems.append(f"{heading}: no --dry-run of {sorted(named)} writes `{span}`")
+        # Commands in code blocks: the flags after a script's path are that script's.
+        for block in re.findall(r"```.*?```", text, flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for path, rest in re.findall(r"([\w/.]+\.py)((?: [^|#]*)?)", line):
+                    script = SCRIPTS.get(path.split("/")[-1])
+                    if script is None:
+                        continue
+                    unknown = set(re.findall(r"(?<!\S)(--[a-z][a-z0-9-]*)", rest)) - flags_of(
+                        script
+                    )
+                    if unknown and script.name != "run.py":
+                        problems.append(f"`{line.strip()}`: {sorted(unknown)} not in --help")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def dry_run_outputs(dry_runs):
+    """{script: names of the files its --dry-run wrote}, and every key of their metrics.json."""
+    written, keys = {}, set()
+    for script, (result, out_dir) in dry_runs.items():
+        assert result.returncode == 0, result.stderr[-2000:]
+        written[script] = {p.name for p in out_dir.iterdir()}
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+        keys |= set(metrics) | {k for epoch in metrics["history"] for k in epoch}
+    return written, frozenset(keys)
+
+
+@pytest.mark.parametrize("markdown", MARKDOWN, ids=lambda p: str(p.relative_to(REPO)))
+def test_what_the_docs_say_of_a_script_is_true(markdown, dry_run_outputs):
+    written, keys = dry_run_outputs
+    assert problems_in(markdown.read_text(), keys, written) == []
+
+
+def test_the_check_catches_what_does_not_exist():
+    """A made-up function, name, flag or file is reported: the check above can fail."""
+    made_up = (
+        "## `fc_mnist.py`\n\n`check_accuracy()` and `check_accuracy` report accuracy; "
+        "`--no-such-flag` exists; it writes `predictions.png`.\n\n"
+        "```bash\npython mnist/fc_mnist.py --frobnicate\n```\n"
+    )
+    fc_mnist = SCRIPTS["fc_mnist.py"]
+    problems = problems_in(made_up, frozenset(), {fc_mnist: {"metrics.json", "curves.png"}})
+    assert len(problems) == 5, problems
+
+
+def test_every_script_has_a_row_in_the_top_table_and_a_section():
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| [`")]
+    headings = "\n".join(
+        heading for md in MARKDOWN for heading, _ in sections(md.read_text()) if heading
+    )
+    for script in all_scripts():
+        path = str(script.relative_to(REPO))
+        assert any(f"[`{path}`]" in row for row in rows), f"{path} has no row in README.md"
+        assert f"`{script.name}`" in headings, f"{path} has no section in a README"
+
+
+def slug(heading):
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.lstrip("#").strip().lower())
+    return text.replace(" ", "-")
+
+
+@pytest.mark.parametrize("markdown", MARKDOWN, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_resolves(markdown):
+    for target in re.findall(r"\]\(([^)\s]+)\)", markdown.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (markdown.parent / path).resolve() if path else markdown
+        assert file.exists(), f"{markdown.name}: {target} does not exist"
+        if anchor and file.suffix == ".md":
+            anchors = {slug(h) for h, _ in sections(file.read_text()) if h}
+            assert anchor in anchors, f"{markdown.name}: no heading #{anchor} in {file.name}"
+
+
+def test_no_doc_speaks_of_how_the_project_is_made():
+    words = "the issue|probe|throwaway|lent to|this vm\\b|development machine|this machine"
+    pattern = re.compile(words + "|this session", re.I)
+    for path in MARKDOWN + all_scripts():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not pattern.search(line), f"{path.relative_to(REPO)}:{number}: {line.strip()}"
