@@ -32,9 +32,16 @@ OTHER_MODES = {
 
 
 def sections(markdown):
-    """(heading, text) of every section of a Markdown text, code blocks included."""
-    parts = re.split(r"^(#{1,6} .*)$", markdown, flags=re.M)
-    return [("", parts[0])] + list(zip(parts[1::2], parts[2::2]))
+    """(heading, text) of every section of a Markdown text, code blocks included (a `#` comment
+    in a code block is not a heading)."""
+    found, in_code = [["", []]], False
+    for line in markdown.splitlines():
+        in_code ^= line.startswith("```")
+        if not in_code and re.match(r"#{1,6} ", line):
+            found.append([line, []])
+        else:
+            found[-1][1].append(line)
+    return [(heading, "\n".join(lines)) for heading, lines in found]
 
 
 def scripts_named(text):
@@ -68,7 +75,9 @@ def problems_in(markdown, metrics_keys=frozenset(), written=None):
         source = "\n".join(p.read_text() for p in named) if named else all_source
         for span in spans(text):
             function = re.fullmatch(r"([A-Za-z_]\w*)\(\)", span)
-            if function and not re.search(rf"\b(def|class) {function[1]}\b", source):
+            # A function or method the script defines or calls.
+            name = function and function[1]
+            if function and not re.search(rf"\b(def|class) {name}\b|\b{name}\(", source):
                 problems.append(f"{heading}: `{span}` is defined in none of {sorted(named)}")
             bare = re.fullmatch(r"[a-z]+(_[a-z0-9]+)+", span)
             if (
