@@ -21,10 +21,10 @@ Run:
 
 Writes model.pt, metrics.json, curves.png and labels.png (each label's test F1 beside its share
 of the training comments) into --out-dir. To use the model elsewhere:
-    saved = torch.load("runs/lstm_multilabel/model.pt", weights_only=True)
-    sizes = saved["settings"]["embedding"], saved["settings"]["hidden"]
-    model = MultilabelLSTM(len(saved["vocab"]), len(saved["labels"]), *sizes)
-    model.load_state_dict(saved["weights"])  # then as predict() does
+    checkpoint = torch.load("runs/lstm_multilabel/model.pt", weights_only=True)
+    labels, config = checkpoint["labels"], checkpoint["config"]
+    model = MultilabelLSTM(len(checkpoint["vocab"]), len(labels), **config["model"])
+    model.load_state_dict(checkpoint["weights"])  # then as predict() does
 """
 
 import argparse
@@ -63,7 +63,6 @@ JIGSAW_FOLDER = "jigsaw-toxic-comment-classification-challenge"
 JIGSAW_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 # The share of Jigsaw's training file that validates (a seeded draw).
 JIGSAW_VAL_FRACTION = 0.1
-EMBEDDING, HIDDEN = 128, 128
 # The vocabulary index of "<unk>", which stands for any word not in the vocabulary.
 UNK = 0
 # The thresholds tried for each label, from high to low, so that a tie goes to the higher one.
@@ -76,19 +75,20 @@ TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
 def tokenize(text):
+    """Lower-case, split words and punctuation (Reddit comments have no <br /> to drop)."""
     return TOKEN.findall(text.lower())
 
 
-def build_vocab(texts, min_freq, max_size):
-    """Words of the training comments, most frequent first, after <unk>."""
-    counts = Counter(token for text in texts for token in tokenize(text))
+def build_vocab(token_lists, min_freq, max_size):
+    """Words of the training comments, most frequent first, after <unk> (nothing is padded)."""
+    counts = Counter(token for tokens in token_lists for token in tokens)
     words = [word for word, count in counts.most_common() if count >= min_freq]
-    return ["<unk>"] + words[: max_size - 1]
+    return ["<unk>"] + words[: max(max_size - 1, 0)]
 
 
-def encode(text, index, max_len):
-    """Token ids of the first max_len tokens; unknown words (or no words at all) are <unk>."""
-    return torch.tensor([index.get(token, UNK) for token in tokenize(text)[:max_len]] or [UNK])
+def encode(tokens, index, max_len):
+    """Token ids of the last max_len tokens; unknown words (or no words at all) are <unk>."""
+    return torch.tensor([index.get(token, UNK) for token in tokens[-max_len:]] or [UNK])
 
 
 def batches(sequences, targets, batch_size, generator=None):
@@ -157,13 +157,14 @@ def train_one_epoch(model, batches, optimizer, pos_weight, amp):
         scaler.update()
         total_loss += loss.item() * len(targets)
         count += len(targets)
-    return {"loss": total_loss / count}
+    return {"train_loss": total_loss / count}
 
 
 # No gradients are needed to evaluate: faster, and less memory.
 @torch.no_grad()
-def evaluate(model, batches, pos_weight, autocast):
-    """Loss and mean ROC AUC, with every comment's label probabilities and targets (for F1)."""
+def evaluate(model, batches, autocast, split, pos_weight):
+    """Loss and mean ROC AUC, named after the split, with every comment's label probabilities
+    and targets (for F1)."""
     model.eval()
     device = next(model.parameters()).device
     total_loss, probabilities, targets = 0, [], []
@@ -177,8 +178,8 @@ def evaluate(model, batches, pos_weight, autocast):
         targets.append(batch_targets.cpu())
     probabilities, targets = torch.cat(probabilities), torch.cat(targets)
     mean_auc = roc_auc(probabilities, targets).nanmean().item()
-    loss = total_loss / len(targets)
-    return dict(loss=loss, mean_auc=mean_auc, probabilities=probabilities, targets=targets)
+    figures = {f"{split}_loss": total_loss / len(targets), f"{split}_mean_auc": mean_auc}
+    return figures | dict(probabilities=probabilities, targets=targets)
 
 
 # ---- the figures of a multilabel classifier ----
@@ -237,8 +238,8 @@ def predict(texts, checkpoint, device):
     if empty := [text for text in texts if not tokenize(text)]:
         sys.exit(f"error: nothing to classify in {empty[0]!r}: give --predict some words")
     for text in texts:
-        tokens = encode(text, index, saved["settings"]["max_len"]).to(device)
-        chances = model(tokens.unsqueeze(0))[0].float().sigmoid().tolist()
+        sequence = encode(tokenize(text), index, saved["config"]["max_len"]).to(device)
+        chances = model(sequence.unsqueeze(0))[0].float().sigmoid().tolist()
         ranked = sorted(range(len(chances)), key=lambda k: -chances[k])
         found = [k for k in ranked if chances[k] > saved["thresholds"][k]]
         line = ", ".join(f"{saved['labels'][k]} {chances[k]:.3f}" for k in found or ranked[:1])
@@ -265,15 +266,19 @@ def main(argv=None):
 
     splits, labels = load_dataset(args)
     # The vocabulary comes from the training split only, like everything the model learns.
-    vocab = build_vocab(splits[0][0], args.min_freq, args.max_vocab)
+    token_lists = [[tokenize(text) for text in texts] for texts, _ in splits]
+    vocab = build_vocab(token_lists[0], args.min_freq, args.max_vocab)
     index = {word: i for i, word in enumerate(vocab)}
     sizes = [len(texts) for texts, _ in splits]
     print("data: {} training, {} validation, {} test comments; ".format(*sizes), end="")
     print(f"{len(labels)} labels; {len(vocab)} words in the vocabulary")
-    encoded = [([encode(text, index, args.max_len) for text in texts], y) for texts, y in splits]
-    train_data, val_data, test_data = encoded
+    train_data, val_data, test_data = (
+        ([encode(tokens, index, args.max_len) for tokens in lists], targets)
+        for lists, (_, targets) in zip(token_lists, splits)
+    )
 
-    model = MultilabelLSTM(len(vocab), len(labels), EMBEDDING, HIDDEN).to(args.device)
+    config = dict(model=dict(embedding=128, hidden=128, dropout=0.3), max_len=args.max_len)
+    model = MultilabelLSTM(len(vocab), len(labels), **config["model"]).to(args.device)
     # Each label's share of the training comments: grief is on 0.18% of them, neutral on 33%.
     share = train_data[1].mean(0)
     # pos_weight counts each comment that has a label this many times over in the loss, so that
@@ -287,8 +292,7 @@ def main(argv=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
     # What model.pt holds besides the weights and thresholds (weights_only=True loads it: only
     # tensors, strings and numbers, unlike a pickled model, whose loading could run any code).
-    settings = dict(embedding=EMBEDDING, hidden=HIDDEN, max_len=args.max_len, dataset=args.dataset)
-    contents = dict(vocab=vocab, labels=labels, settings=settings)
+    contents = dict(vocab=vocab, labels=labels, config=config | dict(dataset=args.dataset))
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
     history, best = [], 0
@@ -299,11 +303,11 @@ def main(argv=None):
         epoch_batches = tqdm(epoch_batches, disable=None)
         train = train_one_epoch(model, epoch_batches, optimizer, pos_weight, (autocast, scaler))
         seconds = time.perf_counter() - start
-        val = evaluate(model, batches(*val_data, 256), pos_weight, autocast)
-        thresholds = tune_thresholds(val["probabilities"], val["targets"])
-        val_f1 = f1_scores(val["probabilities"] > thresholds, val["targets"])["macro_f1"]
-        figures = dict(train_loss=train["loss"], val_loss=val["loss"], val_macro_f1=val_f1)
-        log_epoch(history, epoch=epoch, **figures, val_mean_auc=val["mean_auc"], seconds=seconds)
+        val = evaluate(model, batches(*val_data, 256), autocast, "val", pos_weight)
+        probabilities, targets = val.pop("probabilities"), val.pop("targets")
+        thresholds = tune_thresholds(probabilities, targets)
+        val_f1 = f1_scores(probabilities > thresholds, targets)["macro_f1"]
+        log_epoch(history, epoch=epoch, **train, **val, val_macro_f1=val_f1, seconds=seconds)
         # Keep the epoch with the best validation macro-F1, with the thresholds tuned for it.
         if not best or val_f1 > history[best - 1]["val_macro_f1"]:
             best, contents["thresholds"] = epoch, [round(t, 2) for t in thresholds.tolist()]
@@ -311,7 +315,7 @@ def main(argv=None):
 
     # The best epoch, with its thresholds: the test split is used once, here.
     model, saved = load_checkpoint(checkpoint, args.device)
-    test = evaluate(model, batches(*test_data, 256), pos_weight, autocast)
+    test = evaluate(model, batches(*test_data, 256), autocast, "test", pos_weight)
     thresholds = torch.tensor(saved["thresholds"])
     tuned = f1_scores(test["probabilities"] > thresholds, test["targets"])
     at_half = f1_scores(test["probabilities"] > 0.5, test["targets"])
@@ -342,7 +346,7 @@ def parse_args(argv=None):
     add("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
     help = "weigh a label's comments by (negatives/positives)**POWER in the loss (default 0.5)"
     add("--pos-weight-power", type=float, default=0.5, metavar="POWER", help=help)
-    add("--max-len", type=positive(int), default=200, help="first tokens kept (default 200)")
+    add("--max-len", type=positive(int), default=200, help="last tokens kept (default 200)")
     add("--min-freq", type=positive(int), default=2, help="rarer words are <unk> (default 2)")
     add("--max-vocab", type=positive(int), default=20_000, help="vocabulary size (default 20000)")
     add("--checkpoint", type=Path, help="written, or read by --predict (default OUT_DIR/model.pt)")
@@ -495,11 +499,11 @@ def load_checkpoint(path, device):
         sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
-        sizes = saved["settings"]["embedding"], saved["settings"]["hidden"]
-        model = MultilabelLSTM(len(saved["vocab"]), len(saved["labels"]), *sizes)
+        config = saved["config"]
+        model = MultilabelLSTM(len(saved["vocab"]), len(saved["labels"]), **config["model"])
         model.load_state_dict(saved["weights"])
-        if len(saved["thresholds"]) != len(saved["labels"]) or saved["settings"]["max_len"] < 1:
-            raise ValueError("thresholds, labels and settings do not match")
+        if len(saved["thresholds"]) != len(saved["labels"]) or config["max_len"] < 1:
+            raise ValueError("thresholds, labels and config do not match")
     # Empty, truncated, not a torch file, or another script's checkpoint.
     except Exception as err:
         sys.exit(f"error: {path} is not a checkpoint of this script ({err!r})")
@@ -563,8 +567,7 @@ def positive(kind):
 
 
 def pick_device_and_precision(args, fp16=True):
-    """Set args.device and args.precision: as asked, or for 'auto' the GPU PyTorch finds and bf16
-    where it is native (a CPU's oneDNN says, privately; errors mean no), else fp16 (CUDA), fp32."""
+    """Set args.device and args.precision: as asked, or for 'auto' the best the hardware has."""
     found = torch.accelerator.current_accelerator(check_available=True)
     device = torch.device(found or "cpu" if args.device == "auto" else args.device)
     try:
@@ -588,7 +591,6 @@ def pick_device_and_precision(args, fp16=True):
 
 
 def log_epoch(history, **figures):
-    """Keep one epoch's figures and print them on one line, the same way in every script."""
     history.append(figures)
     print("  ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in figures.items()))
 

@@ -221,8 +221,7 @@ def positive(kind):
 
 
 def pick_device_and_precision(args, fp16=True):
-    """Set args.device and args.precision: as asked, or for 'auto' the GPU PyTorch finds and bf16
-    where it is native (a CPU's oneDNN says, privately; errors mean no), else fp16 (CUDA), fp32."""
+    """Set args.device and args.precision: as asked, or for 'auto' the best the hardware has."""
     found = torch.accelerator.current_accelerator(check_available=True)
     device = torch.device(found or "cpu" if args.device == "auto" else args.device)
     try:
@@ -246,7 +245,6 @@ def pick_device_and_precision(args, fp16=True):
 
 
 def log_epoch(history, **figures):
-    """Keep one epoch's figures and print them on one line, the same way in every script."""
     history.append(figures)
     print("  ".join(f"{name.replace('_', ' ')} {value:.4g}" for name, value in figures.items()))
 

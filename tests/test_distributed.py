@@ -31,7 +31,7 @@ def free_port():
 
 
 def command(out_dir, data_dir, processes=None, extra=()):
-    """Plain python (processes=None) or torchrun with that many processes on this machine."""
+    """Plain python (processes=None) or torchrun with that many processes."""
     launch = [sys.executable, SCRIPT]
     if processes:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -176,11 +176,13 @@ def test_thresholds_are_tuned_on_the_validation_split_only(trained, data_dir):
 
 def test_checkpoint_and_metrics_hold_plain_values(trained):
     saved = torch.load(trained["out_dir"] / "model.pt", weights_only=True)
-    assert set(saved) == {"weights", "vocab", "labels", "thresholds", "settings"}
+    assert set(saved) == {"weights", "vocab", "labels", "thresholds", "config"}
     assert saved["labels"] == fixtures.GOEMOTIONS_LABELS and saved["vocab"][0] == "<unk>"
     assert all(isinstance(word, str) for word in saved["vocab"]) and "gratitude" in saved["vocab"]
     assert len(saved["thresholds"]) == 28 and all(0 < t < 1 for t in saved["thresholds"])
-    assert all(type(value) in (int, float, str) for value in saved["settings"].values())
+    config = dict(saved["config"])
+    values = [*config.pop("model").values(), *config.values()]
+    assert all(type(value) in (int, float, str) for value in values)
     metrics = json.loads((trained["out_dir"] / "metrics.json").read_text())
     assert metrics["headline"] == "test_macro_f1" and 0 <= metrics["test_macro_f1"] <= 1
     assert set(metrics["test_per_label"]) == set(fixtures.GOEMOTIONS_LABELS)
@@ -209,9 +211,9 @@ def expected_predictions(trained):
     index = {word: i for i, word in enumerate(saved["vocab"])}
     expected = []
     for text in TEXTS:
-        tokens = ml.encode(text, index, saved["settings"]["max_len"])
+        sequence = ml.encode(ml.tokenize(text), index, saved["config"]["max_len"])
         with torch.no_grad():
-            probabilities = trained["model"](tokens.unsqueeze(0))[0].sigmoid().tolist()
+            probabilities = trained["model"](sequence.unsqueeze(0))[0].sigmoid().tolist()
         ranked = sorted(range(28), key=lambda k: -probabilities[k])
         above = [k for k in ranked if probabilities[k] > saved["thresholds"][k]] or ranked[:1]
         expected.append([(saved["labels"][k], probabilities[k]) for k in above])
