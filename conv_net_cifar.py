@@ -8,7 +8,7 @@ Model:  three 3x3 convolutions (stride 1, padding 1, each followed by ReLU) that
 Data:   CIFAR-10: 50,000 training and 10,000 test 32x32 photos of 10 classes, downloaded by
         torchvision into the top-level data/ folder on first use (170 MB). Or, with
         --image-folder DIR, your own images: DIR/train/<class>/* and DIR/test/<class>/*.
-Expect: about 0.72 CIFAR-10 test accuracy after the default 5 epochs, about 4 s an epoch on
+Expect: about 0.71 CIFAR-10 test accuracy after the default 5 epochs, 4-6 s an epoch on
         a 2-core CPU (benchmarks/README.md). Chance is 0.10.
 
 Run:
@@ -76,7 +76,8 @@ class ConvNet(nn.Module):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, amp):
-    """One pass over the training set: its accuracy and mean loss, as trained."""
+    """One pass over the training set: its accuracy and mean loss, as trained. `amp` is the pair
+    (autocast, scaler) of automatic mixed precision, explained in main()."""
     model.train()
     autocast, scaler = amp
     total_loss = correct = 0
@@ -164,6 +165,7 @@ def main(argv=None):
     # One-cycle: warm up, then anneal to ~0: a given accuracy in fewer epochs than a fixed rate.
     steps = args.epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps)
+    # CIFAR-10's defaults take 980 steps; a small folder of images may give a tenth of that.
     if steps < 300 and not args.dry_run:
         print(f"note: only {steps} training steps; the defaults suit CIFAR-10: try more --epochs")
 
@@ -274,8 +276,9 @@ def open_image(path):
 @torch.no_grad()
 def report_classes(model, loader, classes, out_dir):
     """Print each class's accuracy, draw confusion_matrix.png; return {class: accuracy}."""
+    device = next(model.parameters()).device
     labels = torch.cat([labels for _, labels in loader])
-    predictions = torch.cat([model(x.to(model.mean.device)).argmax(1).cpu() for x, _ in loader])
+    predictions = torch.cat([model(x.to(device)).argmax(1).cpu() for x, _ in loader])
     n = len(classes)
     # counts[true class, predicted class], over every test image.
     counts = torch.bincount(labels * n + predictions, minlength=n * n).view(n, n).cpu()
@@ -313,7 +316,7 @@ def save_plots(history, model, test_set, classes, out_dir):
 
     images, labels = zip(*(test_set[k] for k in torch.randperm(len(test_set))[:16].tolist()))
     images = torch.stack(images)
-    guesses = model.eval()(images.to(model.mean.device)).argmax(1).tolist()
+    guesses = model.eval()(images.to(next(model.parameters()).device)).argmax(1).tolist()
     fig, axes = plt.subplots(2, 8, figsize=(14, 4.2))
     for ax, image, label, guess in zip(axes.flat, images, labels, guesses):
         # One-channel images in grey, colour images as they are.

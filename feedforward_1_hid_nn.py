@@ -97,7 +97,7 @@ def main(argv=None):
     # bf16 runs the matrix maths in 16 bits where the hardware has it (conv_net_cifar.py explains).
     autocast = torch.autocast(args.device.type, torch.bfloat16, enabled=args.precision == "bf16")
 
-    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (1, 0))
+    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (True, False))
     if args.dry_run:
         # One epoch of 16 random images (seeded): several classes, whatever the files' order.
         pick, args.epochs = torch.randperm(len(test_set))[:16], 1

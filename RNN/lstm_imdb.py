@@ -7,8 +7,8 @@ Data:   IMDB (Large Movie Review Dataset: 25,000 training and 25,000 test review
         of --val-size training reviews picks the best epoch; the test reviews are used
         once, at the end. Reviews are cut to their last --max-len words (many end with
         their verdict); the text pipeline is plain Python, no torchtext (README explains).
-Expect: about 0.90 test accuracy after the default 5 epochs, about 55 s an epoch and
-        5 minutes in all on a 2-core CPU (benchmarks/README.md).
+Expect: about 0.90 test accuracy after the default 5 epochs, 1-2 minutes an epoch and
+        5-8 minutes in all on a 2-core CPU (benchmarks/README.md).
 
 Run:
     python RNN/lstm_imdb.py             # train with the defaults, writes OUT_DIR/model.pt
@@ -124,7 +124,7 @@ class SentimentLSTM(nn.Module):
         # Read each review at its own last word, not at the padded end, so padding never changes
         # a prediction. For a one-directional LSTM over right-padded batches, gathering that
         # position is exact, and much faster on a CPU than pack_padded_sequence
-        # (5-7x for a batch of 32 reviews on the test machine).
+        # (5-7x for a batch of 32 reviews on a 2-core CPU).
         last = (lengths - 1).to(tokens.device).view(-1, 1, 1).expand(-1, 1, outputs.size(2))
         return self.out(self.dropout(outputs.gather(1, last).squeeze(1)))
 

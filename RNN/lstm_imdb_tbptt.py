@@ -16,8 +16,8 @@ When is TBPTT worth it? When sequences are too long to keep the whole graph of a
 Data:   IMDB, as in lstm_imdb.py: downloaded into the top-level data/ on first use, a seeded
         validation split of the training reviews, the test reviews used once at the end;
         reviews cut to their last --max-len words; plain Python text pipeline, no torchtext.
-Expect: about 0.90 test accuracy after the default 3 epochs, about 50 s an epoch and
-        3 minutes in all on a 2-core CPU (benchmarks/README.md).
+Expect: about 0.90 test accuracy after the default 3 epochs, 1-3 minutes an epoch and
+        3-8 minutes in all on a 2-core CPU (benchmarks/README.md).
 
 Run:
     python RNN/lstm_imdb_tbptt.py             # train with the defaults, writes OUT_DIR/model.pt
@@ -136,7 +136,7 @@ class SentimentLSTM(nn.Module):
         # Read each review at its own last word, not at the padded end, so padding never changes
         # a prediction. For a one-directional LSTM over right-padded batches, gathering that
         # position is exact, and much faster on a CPU than pack_padded_sequence
-        # (5-7x for a batch of 32 reviews on the test machine).
+        # (5-7x for a batch of 32 reviews on a 2-core CPU).
         # A review with no tokens left in this chunk is read at position 0; its logits are unused.
         last = (lengths - 1).clamp(min=0).to(tokens.device).view(-1, 1, 1)
         last = last.expand(-1, 1, outputs.size(2))

@@ -4,14 +4,15 @@ Model:  word embedding (128) -> dropout -> bidirectional LSTM (128 each way) -> 
         over the words -> dropout -> linear to one logit per label: each label is its own
         yes/no question (sigmoid, binary cross-entropy), so a comment gets any number of them.
 Data:   GoEmotions (Demszky et al., ACL 2020): 58,009 Reddit comments with one or more of 27
-        emotions or "neutral", split 43,410 train / 5,426 dev / 5,427 test, downloaded into
-        data/goemotions/ on first use. The dev split picks the best epoch and one threshold per
-        label; the test split is used once, at the end. Or, with --dataset jigsaw, Kaggle's
-        Jigsaw Toxic Comment Classification Challenge (159,571 training comments, 6 labels;
-        Kaggle needs an account, so its files are put in place by hand: the script says how).
+        emotions or "neutral", split 43,410 train / 5,426 validation ("dev" in its files) /
+        5,427 test, downloaded into data/goemotions/ on first use. The validation split picks
+        the best epoch and one threshold per label; the test split is used once, at the end.
+        Or, with --dataset jigsaw, Kaggle's Jigsaw Toxic Comment Classification Challenge
+        (159,571 training comments, 6 labels; Kaggle needs an account, so its files are put in
+        place by hand: the script says how).
 Expect: GoEmotions test macro-F1 (the mean of the 28 labels' F1, the paper's headline; BERT-base
-        reached 0.46) 0.46-0.48 after the default 4 epochs, 15-20 s an epoch on an idle 2-core
-        CPU (RNN/README.md has measured figures); the rare labels score lowest.
+        reached 0.46) 0.46-0.48 after the default 4 epochs, 10-20 s an epoch and 1-2 minutes
+        in all on a 2-core CPU (RNN/README.md has measured figures); rare labels score lowest.
 
 Run:
     python RNN/lstm_multilabel.py             # GoEmotions, the defaults; writes OUT_DIR/model.pt
@@ -24,7 +25,8 @@ of the training comments) into --out-dir. To use the model elsewhere:
     checkpoint = torch.load("runs/lstm_multilabel/model.pt", weights_only=True)
     labels, config = checkpoint["labels"], checkpoint["config"]
     model = MultilabelLSTM(len(checkpoint["vocab"]), len(labels), **config["model"])
-    model.load_state_dict(checkpoint["weights"])  # then as predict() does
+    model.load_state_dict(checkpoint["weights"])
+then tokenize, encode and threshold as predict() does.
 """
 
 import argparse
@@ -282,20 +284,20 @@ def main(argv=None):
     # Each label's share of the training comments: grief is on 0.18% of them, neutral on 33%.
     share = train_data[1].mean(0)
     # pos_weight counts each comment that has a label this many times over in the loss, so that
-    # a rare label's few comments weigh more against the many that say "no". Measured after 4
-    # epochs (seeds 0-2): the square root of the ratio (power 0.5, the default) gave a test
-    # macro-F1 0.015 above no weight, 0.06 above with every threshold at 0.5; the full ratio
-    # (power 1, seed 0) did worse than both.
+    # a rare label's few comments weigh more against the many that say "no". The power is chosen
+    # on the validation split, like the thresholds: after 4 epochs (seed 0) its macro-F1 was
+    # 0.517 with the square root of the ratio (power 0.5, the default), 0.494 with no weight
+    # (power 0) and 0.485 with the full ratio (power 1).
     pos_weight = (((1 - share) / share.clamp(min=1e-4)) ** args.pos_weight_power).to(args.device)
-    # fused: Adam's update in one pass over each weight tensor, not a dozen. On a CPU, updating
-    # the embedding's 1.7 million weights at every step took half of the training time without it.
+    # fused: Adam's update in one pass over each weight tensor, not a dozen. Without it, updating
+    # the embedding's 1.7 million weights at every step takes about half the time on a CPU.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
     # What model.pt holds besides the weights and thresholds (weights_only=True loads it: only
     # tensors, strings and numbers, unlike a pickled model, whose loading could run any code).
     contents = dict(vocab=vocab, labels=labels, config=config | dict(dataset=args.dataset))
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
-    history, best = [], 0
+    history, best_epoch = [], None
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         epoch_batches = list(batches(*train_data, args.batch_size, generator))
@@ -309,8 +311,8 @@ def main(argv=None):
         val_f1 = f1_scores(probabilities > thresholds, targets)["macro_f1"]
         log_epoch(history, epoch=epoch, **train, **val, val_macro_f1=val_f1, seconds=seconds)
         # Keep the epoch with the best validation macro-F1, with the thresholds tuned for it.
-        if not best or val_f1 > history[best - 1]["val_macro_f1"]:
-            best, contents["thresholds"] = epoch, [round(t, 2) for t in thresholds.tolist()]
+        if best_epoch is None or val_f1 > history[best_epoch - 1]["val_macro_f1"]:
+            best_epoch, contents["thresholds"] = epoch, [round(t, 2) for t in thresholds.tolist()]
             torch.save(dict(contents, weights=model.state_dict()), checkpoint)
 
     # The best epoch, with its thresholds: the test split is used once, here.
@@ -322,7 +324,7 @@ def main(argv=None):
     aucs = roc_auc(test["probabilities"], test["targets"])
     per_label = report_labels(labels, share, thresholds, tuned, aucs)
     print(
-        f"test, epoch {best}: macro-F1 {tuned['macro_f1']:.4f} with the tuned thresholds, "
+        f"test, epoch {best_epoch}: macro-F1 {tuned['macro_f1']:.4f} with the tuned thresholds, "
         f"{at_half['macro_f1']:.4f} with 0.5 for every label"
     )
     save_plots(history, per_label, args.out_dir)
@@ -330,7 +332,7 @@ def main(argv=None):
     results["test_mean_auc"] = aucs.nanmean().item()
     results["test_macro_f1_at_0.5"] = at_half["macro_f1"]
     results["test_micro_f1_at_0.5"] = at_half["micro_f1"]
-    write_metrics(args, history, **results, test_per_label=per_label, best_epoch=best)
+    write_metrics(args, history, **results, test_per_label=per_label, best_epoch=best_epoch)
 
 
 # ---- plumbing: flags, data files, checkpoints, plots (the lesson is above) ----
@@ -339,19 +341,19 @@ def main(argv=None):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = p.add_argument
-    help = "goemotions (the default, downloaded) or jigsaw (Kaggle's files, put in place by hand)"
-    add("--dataset", default="goemotions", choices=["goemotions", "jigsaw"], help=help)
+    about = "goemotions (the default, downloaded) or jigsaw (Kaggle's files, put in place by hand)"
+    add("--dataset", default="goemotions", choices=["goemotions", "jigsaw"], help=about)
     add("--epochs", type=positive(int), default=4, help="passes over the training set (default 4)")
-    add("--batch-size", type=positive(int), default=32, help="comments per step (default 32)")
-    add("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
-    help = "weigh a label's comments by (negatives/positives)**POWER in the loss (default 0.5)"
-    add("--pos-weight-power", type=float, default=0.5, metavar="POWER", help=help)
+    add("--batch-size", type=positive(int), default=64, help="comments per step (default 64)")
+    add("--lr", type=positive(float), default=3e-3, help="Adam learning rate (default 3e-3)")
+    about = "weigh a label's comments by (negatives/positives)**POWER in the loss (default 0.5)"
+    add("--pos-weight-power", type=float, default=0.5, metavar="POWER", help=about)
     add("--max-len", type=positive(int), default=200, help="last tokens kept (default 200)")
     add("--min-freq", type=positive(int), default=2, help="rarer words are <unk> (default 2)")
     add("--max-vocab", type=positive(int), default=20_000, help="vocabulary size (default 20000)")
     add("--checkpoint", type=Path, help="written, or read by --predict (default OUT_DIR/model.pt)")
-    help = "label TEXT with the checkpoint (repeatable); '-': one text a line from stdin"
-    add("--predict", action="append", metavar="TEXT", help=help)
+    about = "label TEXT with the checkpoint (repeatable); '-': one text a line from stdin"
+    add("--predict", action="append", metavar="TEXT", help=about)
     args = parse_with_common_flags(p, argv, data=f"goemotions/ or {JIGSAW_FOLDER}/")
     # --predict reads everything else from the checkpoint: a training flag with it is a mistake.
     allowed = ("predict", "checkpoint", "out_dir", "device")
@@ -468,13 +470,15 @@ def read_kaggle_csv(folder, name, columns):
             reader = csv.reader(io.TextIOWrapper(file, encoding="utf-8", newline=""))
             if (header := next(reader, [])) != columns:
                 sys.exit(f"error: {path}: columns {header}, expected {columns}")
-            texts = 2 if "comment_text" in columns else 1
+            # The label columns follow the id and, in train.csv, the comment.
+            first_label = 2 if "comment_text" in columns else 1
             for fields in reader:
-                labels = fields[texts:]
+                labels = fields[first_label:]
                 if len(fields) != len(columns) or not set(labels) <= allowed:
                     what = f"{len(columns)} fields, labels among {sorted(allowed)}"
                     sys.exit(f"error: {path} line {reader.line_num}: expected {what}")
-                rows[fields[0]] = (fields[1] if texts == 2 else None, [int(x) for x in labels])
+                text = fields[1] if first_label == 2 else None
+                rows[fields[0]] = (text, [int(x) for x in labels])
     except (OSError, UnicodeDecodeError, csv.Error, zipfile.BadZipFile, KeyError) as err:
         sys.exit(f"error: could not read {path} ({err!r})")
     return rows

@@ -197,7 +197,7 @@ def main(argv=None):
     # Adam adapts each weight's step size to the size of its recent gradients.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # One-cycle: warm up, then anneal. A high peak rate gets counting going early; the
-    # annealing settles it. It reached the target in a fraction of the tutorial's 60 epochs.
+    # annealing settles it. It counts well in a fraction of the tutorial's 60 epochs.
     steps_per_epoch = math.ceil(args.train_size / args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, args.lr, total_steps=args.epochs * steps_per_epoch

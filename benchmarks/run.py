@@ -207,15 +207,19 @@ def benchmark(script, floor, target, processes, args, work_dir):
     return result
 
 
-def markdown(results, info, date):
+def markdown(results, info, date, command):
     first = results[0]
     where = info.get("gpu", f"{info['cpu']}, {info['cores']} cores")
     precisions = ", ".join(sorted({r["precision"] for r in results}))
     gpu_column = any(r["peak_gpu_memory_mb"] for r in results)
     lines = [
         f"Measured {date} on {where} (device {first['device']}, precision {precisions}, "
-        f"torch {first['torch']}, {first['threads']} threads), `python benchmarks/run.py`, "
-        f"{first['runs']} run(s) per script (times are medians).",
+        f"torch {first['torch']}, {first['threads']} threads), `{command}`, "
+        + (
+            "1 run per script."
+            if first["runs"] == 1
+            else f"{first['runs']} runs per script (times are medians)."
+        ),
         "",
         "| script | figure | floor | training time to floor (target) | s/epoch | epochs "
         "| wall, total | peak RSS |" + (" peak GPU memory |" if gpu_column else ""),
@@ -272,7 +276,10 @@ def main(argv=None):
     device = results[0]["device"].split(":")[0]
     info = machine(results)
     date = datetime.date.today().isoformat()
-    table = markdown(results, info, date)
+    command = "python benchmarks/run.py --data-dir DATA"
+    command += f" --only {' '.join(args.only)}" if args.only else ""
+    command += f" --repeats {args.repeats}" if args.repeats > 1 else ""
+    table = markdown(results, info, date, command)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"results-{device}.json").write_text(
         json.dumps(dict(date=date, machine=info, results=results), indent=2)

@@ -124,7 +124,7 @@ def main(argv=None):
     scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
 
     download(args.data_dir)
-    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (1, 0))
+    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (True, False))
     if args.dry_run:
         # One epoch of a few random examples (seeded): several classes, whatever the files' order.
         pick, args.epochs, args.val_size = torch.randperm(len(test_set))[:24], 1, 8

@@ -3,8 +3,8 @@
 Model:  28x28 pixels flattened to 784 -> Linear(784, 50) -> ReLU -> Linear(50, 10); Adam.
 Data:   MNIST: 60,000 training and 10,000 test images of handwritten digits, downloaded by
         torchvision into the top-level data/ folder on first use.
-Expect: test accuracy about 0.95 after the default single epoch, which takes about a second
-        on a 2-core CPU (benchmarks/README.md).
+Expect: test accuracy about 0.95 after the default single epoch, which trains in 1-2 s on a
+        2-core CPU (benchmarks/README.md).
 
 Run:
     python mnist/fc_mnist.py             # train with the defaults
@@ -97,7 +97,7 @@ def main(argv=None):
     autocast = torch.autocast(args.device.type, torch.bfloat16, enabled=args.precision == "bf16")
 
     download(args.data_dir)
-    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (1, 0))
+    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (True, False))
     if args.dry_run:
         # One epoch of 16 random examples (seeded): several classes, whatever the files' order.
         pick, args.epochs = torch.randperm(len(test_set))[:16].tolist(), 1
@@ -109,7 +109,9 @@ def main(argv=None):
     train_loader = DataLoader(train_set, sampler=shuffled, batch_size=None)
     test_loader = DataLoader(test_set, batch_size=1000)
 
-    model = Net(hidden=50).to(args.device)
+    # What rebuilds the model: saved in model.pt beside the weights.
+    config = dict(hidden=50)
+    model = Net(**config).to(args.device)
     # Adam adapts each weight's step size to its recent gradients: little tuning needed.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
@@ -123,7 +125,7 @@ def main(argv=None):
 
     write_metrics(args, history, **test)
     save_plots(step_losses, test["test_accuracy"], args.out_dir)
-    checkpoint = dict(weights=model.state_dict(), config=dict(hidden=50), classes=CLASSES)
+    checkpoint = dict(weights=model.state_dict(), config=config, classes=CLASSES)
     torch.save(checkpoint, args.out_dir / "model.pt")
 
 

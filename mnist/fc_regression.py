@@ -6,7 +6,7 @@ Model:  a single neuron, Linear(784, 1), or with --hidden 10 a small net
         A prediction counts as correct when the output, rounded, equals the label.
 Data:   MNIST (28x28 images of handwritten digits), downloaded by torchvision into the
         top-level data/ folder on first use; pixels scaled to [0, 1].
-Expect: accuracy stalls at about 0.22 for one neuron and about 0.30 with --hidden 10,
+Expect: accuracy stalls at about 0.2 for one neuron and about 0.30 with --hidden 10,
         jumping a few points from epoch to epoch however long you train; under a second
         an epoch on a 2-core CPU (benchmarks/README.md).
 
@@ -105,7 +105,7 @@ def main(argv=None):
     autocast = torch.autocast(args.device.type, torch.bfloat16, enabled=args.precision == "bf16")
 
     download(args.data_dir)
-    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (1, 0))
+    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (True, False))
     if args.dry_run:
         # One epoch of 16 random examples (seeded): several classes, whatever the files' order.
         pick, args.epochs = torch.randperm(len(test_set))[:16].tolist(), 1

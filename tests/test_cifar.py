@@ -69,7 +69,10 @@ class Predicts:
     """A stand-in model that answers the given classes, one image at a time, in order."""
 
     def __init__(self, answers, classes):
-        self.answers, self.classes, self.mean = list(answers), classes, torch.zeros(1)
+        self.answers, self.classes = list(answers), classes
+
+    def parameters(self):
+        return iter([torch.zeros(1)])
 
     def __call__(self, images):
         answers, self.answers = self.answers[: len(images)], self.answers[len(images) :]

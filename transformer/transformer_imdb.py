@@ -6,13 +6,13 @@ Model:  word embedding + learned position embedding (d_model 64) for a [CLS] tok
         warm-up then cosine decay, gradient clipping; what is evaluated and saved is a moving
         average of the weights (EMA). Small on purpose: on a 2-core CPU, 8 heads or a width of
         128 gave no clearly better accuracy here and cost time on every step. 2 epochs: in a
-        third, the validation loss rose for every seed tried.
+        third epoch the validation loss rose (seeds 0, 1 and 2).
 Data:   IMDB, exactly as RNN/lstm_imdb.py reads it: the same tokeniser, vocabulary (from the
         training split only), validation split, length bucketing and --predict. The training
         recipe differs (batch size, AdamW, schedule, weight average, epochs), so the accuracy
         difference between the two scripts is not the model's alone.
 Expect: about 0.88 test accuracy after the default 2 epochs (the LSTM gets about 0.90), in
-        about 2 minutes on a 2-core CPU, under half of RNN/lstm_imdb.py's time
+        2-4 minutes on a 2-core CPU, under half of RNN/lstm_imdb.py's time
         (benchmarks/README.md).
 
 Run:
@@ -127,11 +127,13 @@ class SelfAttention(nn.Module):
         """x (batch, time, d_model), keep (batch, time) True at real tokens; outputs for the
         first `queries` positions (default all), and optionally the [CLS] query's attention
         weights in each head (batch, heads, time)."""
-        batch, time, d_model = x.shape
+        batch, length, d_model = x.shape
         # Split d_model into heads: each head attends in its own smaller space, so different
-        # heads can look for different things (a negation, a verdict, a name).
-        q, k, v = self.qkv(x).view(batch, time, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        # (batch, heads, queries, d_head)
+        # heads can look for different things (a negation, a verdict, a name). The product is
+        # (batch, length, 3 * d_model), viewed as (batch, length, 3, heads, d_head) and permuted
+        # to (3, batch, heads, length, d_head): q, k and v, each (batch, heads, length, d_head).
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        # Only the first `queries` positions ask: (batch, heads, queries, d_head).
         q = q[:, :, :queries]
         # softmax(q k^T / sqrt(d_head)) v. Dividing by sqrt(d_head) keeps the scores near unit
         # size whatever the head width, so the softmax does not saturate at the start. The mask
@@ -175,7 +177,7 @@ class Block(nn.Module):
         # but none needs an output of its own. Skipping those saves most of the block's work
         # (the time x time attention, the output projection and the feed-forward).
         x = x[:, :1] if cls_only else x
-        attended, weights = self.attention(normed, keep, x.size(1), cls_weights)
+        attended, weights = self.attention(normed, keep, x.size(1), cls_weights=cls_weights)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.feed_forward(self.norm2(x)))
         return x, weights
@@ -217,13 +219,15 @@ class SentimentTransformer(nn.Module):
         x = self.dropout(self.embedding(tokens) + self.position(positions))
         weights = []
         for block in self.blocks:
-            x, block_weights = block(x, keep, block is self.blocks[-1], cls_weights)
+            cls_only = block is self.blocks[-1]
+            x, block_weights = block(x, keep, cls_only=cls_only, cls_weights=cls_weights)
             weights.append(block_weights)
         logits = self.out(self.norm(x[:, 0]))
         return (logits, weights) if cls_weights else logits
 
 
 def round_up(length):
+    """The smallest multiple of PAD_TO that is at least `length` (-(-a // b): a / b rounded up)."""
     return -(-length // PAD_TO) * PAD_TO
 
 
@@ -307,7 +311,8 @@ def classify(model, tokens, index, max_len, device):
     query to each of its tokens, (blocks, heads, tokens)."""
     tokens = tokens[-max_len:]
     sequence = encode(tokens, index, max_len)
-    logits, weights = model(sequence.unsqueeze(0).to(device), torch.tensor([len(tokens)]), True)
+    lengths = torch.tensor([len(tokens)])
+    logits, weights = model(sequence.unsqueeze(0).to(device), lengths, cls_weights=True)
     probabilities = logits.float().softmax(1)[0]
     label = probabilities.argmax().item()
     # Drop [CLS] itself and the padding.
