@@ -11,7 +11,7 @@ When is TBPTT worth it? When sequences are too long to keep the whole graph of a
         or when one update per long sequence is too few. The price: the gradient sees only
         --bptt tokens back; longer-range effects reach the model only through the carried
         state's values. Here the reviews would fit in memory whole (see lstm_imdb.py), yet
-        the per-chunk losses and steps made this version learn faster: about 0.90 validation
+        the per-chunk losses and steps make it learn faster than lstm_imdb.py: about 0.90 validation
         accuracy after one epoch, which full backpropagation reached only in a later epoch.
 Data:   IMDB, as in lstm_imdb.py: downloaded into the top-level data/ on first use, a seeded
         validation split of the training reviews, the test reviews used once at the end;

@@ -6,9 +6,9 @@ Model:  the same small CNN, optimiser (SGD, momentum, weight decay), one-cycle s
         its own slice of each batch; DistributedDataParallel (DDP) averages the gradients of
         all ranks during backward, so every copy takes the same step and stays identical.
 Data:   CIFAR-10 as in conv_net_cifar.py; one process per machine downloads it, the others wait.
-Expect: about 0.70 test accuracy after the default 5 epochs, with 1 process or many: --batch-size
+Expect: about 0.71 test accuracy after the default 5 epochs, with 1 process or many: --batch-size
         is the global batch, so the steps and the result do not depend on the process count.
-        On a 2-core CPU two processes are no faster than one (benchmarks/README.md); data
+        On a 2-core CPU two processes are not reliably faster than one (benchmarks/README.md); data
         parallelism pays with one process per GPU, many cores or many machines.
 
 Run:

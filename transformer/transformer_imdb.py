@@ -211,7 +211,7 @@ class SentimentTransformer(nn.Module):
         tokens = torch.cat([cls, tokens], 1)
         # Round the length up to a multiple of PAD_TO with more padding. On a CPU every new
         # shape gets its own kernel set-up, kept in a cache, and memory fragments: with a
-        # different length in every batch, one run grew to 8.4 GB. A few shapes keep it flat.
+        # different length in every batch, memory grows past 8 GB. A few shapes keep it flat.
         tokens = F.pad(tokens, (0, round_up(tokens.size(1)) - tokens.size(1)), value=PAD)
         positions = torch.arange(tokens.size(1), device=tokens.device)
         # True at the real tokens and [CLS].
