@@ -213,7 +213,7 @@ def positive(kind):
 def pick_device_and_precision(args, fp16=True):
     """Set args.device and args.precision: as asked, or for 'auto' the best the hardware has."""
     found = torch.accelerator.current_accelerator(check_available=True)
-    device = torch.device(found or "cpu" if args.device == "auto" else args.device)
+    device = torch.device((found or "cpu") if args.device == "auto" else args.device)
     try:
         # One tiny operation: fails now, not mid-run, if the GPU is missing or too old for PyTorch.
         torch.ones(1, device=device).add_(1).item()
