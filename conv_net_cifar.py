@@ -311,7 +311,8 @@ def save_plots(history, model, test_set, classes, out_dir):
         ax_acc.plot(epochs, [h[f"{split}_accuracy"] for h in history], marker="o", label=split)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (train: augmented, during the epoch)")
-    ax_loss.legend(), ax_acc.legend()
+    ax_loss.legend()
+    ax_acc.legend()
     fig.savefig(out_dir / "curves.png", dpi=100, bbox_inches="tight")
 
     images, labels = zip(*(test_set[k] for k in torch.randperm(len(test_set))[:16].tolist()))

@@ -412,7 +412,8 @@ def save_plots(history, out_dir):
         ax_acc.plot(epochs, [h[f"{split}_accuracy"] for h in history], marker="o", label=split)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (train: during the epoch, with dropout)")
-    ax_loss.legend(), ax_acc.legend()
+    ax_loss.legend()
+    ax_acc.legend()
     fig.savefig(out_dir / "curves.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 

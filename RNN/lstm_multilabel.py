@@ -525,7 +525,8 @@ def save_plots(history, per_label, out_dir):
         ax_score.plot(epochs, [h[name] for h in history], marker="o", label=name.replace("_", " "))
     ax_loss.set(xlabel="epoch", ylabel="binary cross-entropy (train: with dropout)")
     ax_score.set(xlabel="epoch", ylim=(0, 1))
-    ax_loss.legend(), ax_score.legend()
+    ax_loss.legend()
+    ax_score.legend()
     fig.savefig(out_dir / "curves.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
