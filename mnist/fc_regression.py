@@ -191,8 +191,6 @@ def save_plots(history, step_losses, out_dir):
 
 
 # ---- the same in every script of this collection ----
-
-
 def parse_with_common_flags(p, argv, data, fp16=True):
     add = p.add_argument
     add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
