@@ -52,7 +52,7 @@ IN_MEMORY_LIMIT_MB = 2000
 
 
 class ConvNet(nn.Module):
-    def __init__(self, classes=10, mean=(0.5,) * CHANNELS, std=(0.25,) * CHANNELS):
+    def __init__(self, num_classes=10, mean=(0.5,) * CHANNELS, std=(0.25,) * CHANNELS):
         super().__init__()
         # The training images' mean and std per channel, saved with the weights in model.pt:
         # whoever uses the model feeds it plain [0, 1] pixels.
@@ -64,7 +64,7 @@ class ConvNet(nn.Module):
         self.conv3 = nn.Conv2d(16, 24, 3, padding=1)
         # Two 2x2 poolings halve each side twice: 32x32 -> 16x16 -> 8x8.
         self.fc1 = nn.Linear(24 * (SIZE // 4) ** 2, 100)
-        self.fc2 = nn.Linear(100, classes)
+        self.fc2 = nn.Linear(100, num_classes)
 
     def forward(self, images):
         x = (images - self.mean) / self.std
@@ -84,6 +84,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, amp):
     device = next(model.parameters()).device
     # disable=None: a progress bar on a terminal only, not in a log file.
     for images, labels in tqdm(loader, disable=None):
+        # Nothing to do for CIFAR-10, already on the device; images read from disk are copied.
         images, labels = images.to(device), labels.to(device)
         # Random horizontal flips: a mirrored cat is still a cat, and the net sees "new" images.
         flip = torch.rand(len(images), device=device) < 0.5
@@ -99,9 +100,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, amp):
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-    accuracy, loss = correct / len(loader.dataset), total_loss / len(loader.dataset)
+        total_loss += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+    accuracy = int(correct) / len(loader.dataset)
+    loss = float(total_loss) / len(loader.dataset)
     return dict(train_accuracy=accuracy, train_loss=loss)
 
 
@@ -116,15 +118,17 @@ def evaluate(model, loader, autocast, split):
         images, labels = images.to(device), labels.to(device)
         with autocast:
             logits = model(images)
-        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-    accuracy, loss = correct / len(loader.dataset), total_loss / len(loader.dataset)
+        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    accuracy = int(correct) / len(loader.dataset)
+    loss = float(total_loss) / len(loader.dataset)
     return {f"{split}_accuracy": accuracy, f"{split}_loss": loss}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    # The same seed, the same weights, flips and batch order: the same result on one machine.
+    # The same seed, the same weights, flips and batch order: the same result on the same CPU (GPU
+    # runs differ slightly from run to run: some GPU kernels add in a varying order).
     torch.manual_seed(args.seed)
     pick_device_and_precision(args)
     # Mixed precision. Inside autocast, convolutions and matrix products run in a 16-bit
@@ -140,9 +144,11 @@ def main(argv=None):
     scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
 
     if args.image_folder:
-        (train_set, test_set), classes = load_image_folder(args.image_folder, args.seed)
+        (train_set, test_set), classes = load_image_folder(
+            args.image_folder, args.seed, args.device
+        )
     else:
-        (train_set, test_set), classes = load_cifar10(args.data_dir), CIFAR10_CLASSES
+        (train_set, test_set), classes = load_cifar10(args.data_dir, args.device), CIFAR10_CLASSES
     if args.dry_run:
         # One epoch of 16 random images (seeded): several classes, whatever the files' order.
         args.epochs = 1
@@ -154,13 +160,14 @@ def main(argv=None):
     # to normalise its inputs with.
     sample = next(iter(DataLoader(train_set, batch_size=5000, shuffle=True)))[0]
     mean, std = sample.mean((0, 2, 3)).tolist(), sample.std((0, 2, 3)).tolist()
-    config = dict(classes=len(classes), mean=mean, std=std)
+    config = dict(num_classes=len(classes), mean=mean, std=std)
     model = ConvNet(**config).to(args.device)
     # channels_last (NHWC in memory) is the layout the fast CPU and CUDA convolutions prefer;
     # several MPS kernels do not support it.
     if args.device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
-    # Momentum keeps 90% of the last step's direction; weight decay pulls weights towards 0.
+    # Weight decay pulls weights towards 0. OneCycleLR below replaces the momentum 0.9 with a
+    # cycle, 0.95 -> 0.85 -> 0.95, opposite to the rate's (feedforward_1_hid_nn.py explains).
     optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=0.9, weight_decay=5e-4)
     # One-cycle: warm up, then anneal to ~0: a given accuracy in fewer epochs than a fixed rate.
     steps = args.epochs * len(train_loader)
@@ -172,15 +179,19 @@ def main(argv=None):
     history = []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train = train_one_epoch(model, train_loader, optimizer, scheduler, (autocast, scaler))
+        train_figures = train_one_epoch(
+            model, train_loader, optimizer, scheduler, (autocast, scaler)
+        )
         seconds = time.perf_counter() - start
-        test = evaluate(model, test_loader, autocast, "test")
-        log_epoch(history, epoch=epoch, **train, **test, seconds=seconds)
+        test_figures = evaluate(model, test_loader, autocast, "test")
+        log_epoch(history, epoch=epoch, **train_figures, **test_figures, seconds=seconds)
 
     per_class = report_classes(model, test_loader, classes, args.out_dir)
-    write_metrics(args, history, **test, per_class_accuracy=per_class)
+    write_metrics(args, history, **test_figures, per_class_accuracy=per_class)
     save_plots(history, model, test_set, classes, args.out_dir)
-    checkpoint = dict(weights=model.state_dict(), config=config, classes=list(classes))
+    # CPU tensors: model.pt loads on any machine, with or without the GPU it was trained on.
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    checkpoint = dict(weights=weights, config=config, classes=list(classes))
     torch.save(checkpoint, args.out_dir / "model.pt")
 
 
@@ -201,13 +212,18 @@ def parse_args(argv=None):
 
 
 def batches(dataset, args, shuffle=False):
-    """A DataLoader. For tensors in memory it samples whole batches of indices, so each batch
-    is sliced out at once; images read from disk are decoded by two worker processes."""
+    """A DataLoader. For tensors already on the device it samples whole batches of indices, so
+    each batch is sliced out at once (feedforward_1_hid_nn.py explains); images read from disk
+    are decoded by two worker processes, kept from one epoch to the next, into page-locked
+    ("pinned") memory, which copies to a CUDA GPU faster."""
     if isinstance(dataset, TensorDataset):
         indices = RandomSampler(dataset) if shuffle else range(len(dataset))
         sampler = BatchSampler(indices, args.batch_size, drop_last=False)
         return DataLoader(dataset, sampler=sampler, batch_size=None)
-    return DataLoader(dataset, args.batch_size, shuffle=shuffle, num_workers=2)
+    pin = args.device.type == "cuda"
+    return DataLoader(
+        dataset, args.batch_size, shuffle, num_workers=2, pin_memory=pin, persistent_workers=True
+    )
 
 
 def download_cifar10(data_dir):
@@ -220,25 +236,25 @@ def download_cifar10(data_dir):
         sys.exit(f"error: could not get CIFAR-10 ({err!r}): unpack {CIFAR10.url} in {data_dir}/")
 
 
-def load_cifar10(data_dir):
-    """Training and test TensorDatasets: (N, 3, 32, 32) pixels in [0, 1] and labels, decoded
-    once, here, not image by image in every epoch (CIFAR-10 fits in memory: 600 MB)."""
+def load_cifar10(data_dir, device):
+    """Training and test TensorDatasets on `device`: (N, 3, 32, 32) pixels in [0, 1] and labels,
+    decoded once, here, not image by image in every epoch (CIFAR-10 takes 700 MB as floats)."""
     download_cifar10(data_dir)
     splits = []
     for split in (CIFAR10(data_dir, train=True), CIFAR10(data_dir, train=False)):
         # The files hold (N, height, width, channel) bytes; PyTorch wants (N, C, H, W).
         images = torch.from_numpy(split.data).permute(0, 3, 1, 2).float().div(255)
-        splits.append(TensorDataset(images, torch.tensor(split.targets)))
+        splits.append(TensorDataset(images.to(device), torch.tensor(split.targets).to(device)))
     return splits
 
 
-def load_image_folder(folder, seed):
+def load_image_folder(folder, seed, device):
     """([training, test] datasets, class names) of an ImageFolder layout: folder/train/<class>/
     and folder/test/<class>/, or a seeded fifth of train/ held out if there is no test/."""
     if not (folder / "train").is_dir():
         sys.exit(f"error: no {folder / 'train'}/ folder: --image-folder wants DIR/train/<class>/*")
     try:
-        train, test = (
+        train_set, test_set = (
             ImageFolder(folder / name, ToTensor(), loader=open_image)
             if (folder / name).is_dir()
             else None
@@ -247,20 +263,24 @@ def load_image_folder(folder, seed):
     # A class folder without images, an unreadable folder:
     except OSError as err:
         sys.exit(f"error: {folder}: {err}")
-    classes = train.classes
-    if test is None:
-        held_out = len(train) // 5
+    classes = train_set.classes
+    if test_set is None:
+        held_out = len(train_set) // 5
         print(f"no {folder / 'test'}/: {held_out} training images (seeded) are the test set")
         generator = torch.Generator().manual_seed(seed)
-        train, test = random_split(train, [len(train) - held_out, held_out], generator)
-    megabytes = (len(train) + len(test)) * CHANNELS * SIZE * SIZE * 4 / 2**20
+        train_set, test_set = random_split(
+            train_set, [len(train_set) - held_out, held_out], generator
+        )
+    megabytes = (len(train_set) + len(test_set)) * CHANNELS * SIZE * SIZE * 4 / 2**20
     if megabytes >= IN_MEMORY_LIMIT_MB:
         print(f"reading images from disk every epoch: in memory they would take {megabytes:.0f} MB")
-        return (train, test), classes
+        return (train_set, test_set), classes
     # Small enough: decode every image once, so that epochs spend no time on decoding.
     print(f"images decoded once into memory ({megabytes:.0f} MB): epochs read no files")
-    tensors = [[torch.cat(t) for t in zip(*DataLoader(s, batch_size=256))] for s in (train, test)]
-    return [TensorDataset(*t) for t in tensors], classes
+    tensors = [
+        [torch.cat(t) for t in zip(*DataLoader(s, batch_size=256))] for s in (train_set, test_set)
+    ]
+    return [TensorDataset(*(t.to(device) for t in pair)) for pair in tensors], classes
 
 
 def open_image(path):
@@ -277,8 +297,9 @@ def open_image(path):
 def report_classes(model, loader, classes, out_dir):
     """Print each class's accuracy, draw confusion_matrix.png; return {class: accuracy}."""
     device = next(model.parameters()).device
-    labels = torch.cat([labels for _, labels in loader])
-    predictions = torch.cat([model(x.to(device)).argmax(1).cpu() for x, _ in loader])
+    # Gathered on the device, copied to the CPU once.
+    labels = torch.cat([labels.to(device) for _, labels in loader]).cpu()
+    predictions = torch.cat([model(x.to(device)).argmax(1) for x, _ in loader]).cpu()
     n = len(classes)
     # counts[true class, predicted class], over every test image.
     counts = torch.bincount(labels * n + predictions, minlength=n * n).view(n, n).cpu()
@@ -370,13 +391,19 @@ def pick_device_and_precision(args, fp16=True):
             sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    # Native bf16: NVIDIA GPUs from Ampere on, Intel GPUs, CPUs with AVX-512 BF16 or AMX (others
+    # only emulate it, slower than fp32).
+    native, cuda = False, device.type == "cuda"
     with contextlib.suppress(Exception):
-        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            if device.type == "cpu"
+            else getattr(torch, device.type).is_bf16_supported(False)
+        )
     best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
     precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and cuda and not native:
-        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    if precision == "bf16" and device.type != "cpu" and not native:
+        sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
     name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
     args.device, args.precision = device, precision
@@ -392,7 +419,8 @@ def write_metrics(args, history, **results):
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
-    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    peak = None if args.device.type == "cpu" else torch.accelerator.max_memory_allocated()
+    metrics["peak_gpu_memory_mb"] = peak and peak / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")

@@ -129,13 +129,13 @@ class SentimentLSTM(nn.Module):
         return self.out(self.dropout(outputs.gather(1, last).squeeze(1)))
 
 
-def train_one_epoch(model, batches, optimizer, amp):
-    """One pass over the training `batches`: its accuracy and mean loss, as trained."""
+def train_one_epoch(model, loader, optimizer, amp):
+    """One pass over the training `loader`: its accuracy and mean loss, as trained."""
     model.train()
     autocast, scaler = amp
     total_loss = correct = count = 0
     device = next(model.parameters()).device
-    for tokens, lengths, labels in batches:
+    for tokens, lengths, labels in loader:
         tokens, labels = tokens.to(device), labels.to(device)
         with autocast:
             logits = model(tokens, lengths)
@@ -149,33 +149,35 @@ def train_one_epoch(model, batches, optimizer, amp):
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        total_loss += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
         count += len(labels)
-    return dict(train_accuracy=correct / count, train_loss=total_loss / count)
+    # Summed on the device, read here once (a read per step would make a GPU wait).
+    return dict(train_accuracy=int(correct) / count, train_loss=float(total_loss) / count)
 
 
 # No gradients are needed to evaluate: faster, and less memory.
 @torch.no_grad()
-def evaluate(model, batches, autocast, split):
-    """The model's accuracy and loss on `batches`, named after the split."""
+def evaluate(model, loader, autocast, split):
+    """The model's accuracy and loss on `loader`, named after the split."""
     model.eval()
     total_loss = correct = count = 0
     device = next(model.parameters()).device
-    for tokens, lengths, labels in batches:
+    for tokens, lengths, labels in loader:
         tokens, labels = tokens.to(device), labels.to(device)
         with autocast:
             logits = model(tokens, lengths)
-        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
         count += len(labels)
-    return {f"{split}_accuracy": correct / count, f"{split}_loss": total_loss / count}
+    accuracy, loss = int(correct) / count, float(total_loss) / count
+    return {f"{split}_accuracy": accuracy, f"{split}_loss": loss}
 
 
 @torch.no_grad()
-def predict(texts, checkpoint, device):
+def predict(texts, model_path, device):
     """Print the label and its probability for each text, using a saved model."""
-    model, vocab, config = load_checkpoint(checkpoint, device)
+    model, vocab, config = load_checkpoint(model_path, device)
     index = {word: i for i, word in enumerate(vocab)}
     for text in texts:
         tokens = tokenize(text)
@@ -191,13 +193,13 @@ def predict(texts, checkpoint, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    # The same seed, the same split, weights, dropout and batch order: the same result on one
-    # machine.
+    # The same seed, the same split, weights, dropout and batch order: the same result on the same
+    # CPU (GPU runs differ slightly from run to run: some GPU kernels add in a varying order).
     torch.manual_seed(args.seed)
     pick_device_and_precision(args)
-    checkpoint = args.checkpoint or args.out_dir / "model.pt"
+    model_path = args.checkpoint or args.out_dir / "model.pt"
     if args.predict:
-        return predict(read_texts(args.predict), checkpoint, args.device)
+        return predict(read_texts(args.predict), model_path, args.device)
     if args.precision == "fp16" and args.device.type == "cpu":
         sys.exit(
             "error: --precision fp16: PyTorch has no float16 LSTM on the CPU; use bf16 or fp32"
@@ -239,20 +241,20 @@ def main(argv=None):
         start = time.perf_counter()
         # disable=None: a progress bar on a terminal only, not in a log file.
         progress = tqdm(batches(*train_data, args.batch_size, generator), total=steps, disable=None)
-        train = train_one_epoch(model, progress, optimizer, (autocast, scaler))
+        train_figures = train_one_epoch(model, progress, optimizer, (autocast, scaler))
         seconds = time.perf_counter() - start
-        val = evaluate(model, batches(*val_data, 256), autocast, "val")
-        log_epoch(history, epoch=epoch, **train, **val, seconds=seconds)
+        val_figures = evaluate(model, batches(*val_data, 256), autocast, "val")
+        log_epoch(history, epoch=epoch, **train_figures, **val_figures, seconds=seconds)
         # Keep the epoch that did best on reviews it never trained on.
-        if val["val_loss"] < best_val_loss:
-            best_val_loss = val["val_loss"]
-            save_checkpoint(model, vocab, config, checkpoint)
-            print(f"saved epoch {epoch} to {checkpoint}: its validation loss is the lowest yet")
+        if val_figures["val_loss"] < best_val_loss:
+            best_val_loss = val_figures["val_loss"]
+            save_checkpoint(model, vocab, config, model_path)
+            print(f"saved epoch {epoch} to {model_path}: its validation loss is the lowest yet")
 
     # The best epoch, not the last, measured once on the test set.
-    model, _, _ = load_checkpoint(checkpoint, args.device)
-    test = evaluate(model, batches(*test_data, 256), autocast, "test")
-    write_metrics(args, history, **test, vocab_size=len(vocab))
+    model, _, _ = load_checkpoint(model_path, args.device)
+    test_figures = evaluate(model, batches(*test_data, 256), autocast, "test")
+    write_metrics(args, history, **test_figures, vocab_size=len(vocab))
     save_plots(history, args.out_dir)
 
 
@@ -309,7 +311,12 @@ def parse_args(argv=None):
         p.error("--predict uses the checkpoint's settings: drop the training flags")
     # One tiny batch through training and evaluation.
     if args.dry_run:
-        args.epochs, args.batch_size, args.val_size, args.min_freq = 1, 8, 8, 1
+        args.epochs, args.batch_size, args.val_size, args.min_freq = (
+            1,
+            min(args.batch_size, 8),
+            8,
+            1,
+        )
     return args
 
 
@@ -383,9 +390,11 @@ def read_reviews(folder, split):
 
 def save_checkpoint(model, vocab, config, path):
     # Only tensors, strings and numbers: loadable with torch.load(weights_only=True), which
-    # refuses to run code hidden in a file (unlike a pickled model object).
+    # refuses to run code hidden in a file (unlike a pickled model object). CPU tensors: the
+    # file loads on any machine, with or without the GPU it was trained on.
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(weights=model.state_dict(), vocab=vocab, config=config), path)
+    torch.save(dict(weights=weights, vocab=vocab, config=config), path)
 
 
 def load_checkpoint(path, device):
@@ -458,13 +467,19 @@ def pick_device_and_precision(args, fp16=True):
             sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    # Native bf16: NVIDIA GPUs from Ampere on, Intel GPUs, CPUs with AVX-512 BF16 or AMX (others
+    # only emulate it, slower than fp32).
+    native, cuda = False, device.type == "cuda"
     with contextlib.suppress(Exception):
-        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            if device.type == "cpu"
+            else getattr(torch, device.type).is_bf16_supported(False)
+        )
     best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
     precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and cuda and not native:
-        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    if precision == "bf16" and device.type != "cpu" and not native:
+        sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
     name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
     args.device, args.precision = device, precision
@@ -480,7 +495,8 @@ def write_metrics(args, history, **results):
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
-    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    peak = None if args.device.type == "cpu" else torch.accelerator.max_memory_allocated()
+    metrics["peak_gpu_memory_mb"] = peak and peak / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")

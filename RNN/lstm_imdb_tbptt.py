@@ -6,6 +6,8 @@ Training: each batch of reviews is cut into chunks of --bptt tokens. The LSTM st
         carried from one chunk to the next, but detached in between, so gradients flow back
         at most --bptt tokens; it starts from zero for every new batch. Each chunk takes its
         own loss (the review's label, read at its last token in the chunk) and an Adam step.
+TBPTT's main lesson is lstm_char_lm.py: a language model reading one long text, its state
+        carried from batch to batch. Here it is applied to classification instead.
 When is TBPTT worth it? When sequences are too long to keep the whole graph of a
         backward pass in memory (long documents, audio, a language model reading a stream),
         or when one update per long sequence is too few. The price: the gradient sees only
@@ -148,14 +150,14 @@ def repackage_hidden(state):
     return tuple(s.detach() for s in state)
 
 
-def train_one_epoch(model, batches, optimizer, amp, bptt):
-    """One pass over the training `batches`, `bptt` tokens at a time: accuracy and mean loss,
+def train_one_epoch(model, loader, optimizer, amp, bptt):
+    """One pass over the training `loader`, `bptt` tokens at a time: accuracy and mean loss,
     both read at each review's last token, so they compare with the validation figures."""
     model.train()
     autocast, scaler = amp
     total_loss = correct = count = 0
     device = next(model.parameters()).device
-    for tokens, lengths, labels in batches:
+    for tokens, lengths, labels in loader:
         tokens, lengths, labels = tokens.to(device), lengths.to(device), labels.to(device)
         # A new batch of reviews starts from a zero state.
         state = None
@@ -167,8 +169,12 @@ def train_one_epoch(model, batches, optimizer, amp, bptt):
             in_chunk = (lengths - start).clamp(0, bptt)
             with autocast:
                 logits, state = model(tokens[:, start : start + bptt], in_chunk, state)
-            active = in_chunk > 0
-            loss = F.cross_entropy(logits[active].float(), labels[active])
+            # The mean loss over the reviews with tokens in this chunk. Weighting by 0 or 1, not
+            # selecting with logits[in_chunk > 0]: a selection's size depends on the data, so a
+            # GPU would have to stop and report it back to the CPU, chunk after chunk.
+            active = (in_chunk > 0).float()
+            losses = F.cross_entropy(logits.float(), labels, reduction="none")
+            loss = (losses * active).sum() / active.sum()
             optimizer.zero_grad()
             # The GradScaler does nothing unless the precision is fp16 (conv_net_cifar.py
             # explains); then the gradients must be unscaled before they are clipped.
@@ -180,36 +186,37 @@ def train_one_epoch(model, batches, optimizer, amp, bptt):
             scaler.step(optimizer)
             scaler.update()
             # The reviews that end in this chunk: their final prediction counts.
-            ending = (lengths > start) & (lengths <= start + bptt)
-            final = logits[ending].detach().float()
-            total_loss += F.cross_entropy(final, labels[ending], reduction="sum").item()
-            correct += (final.argmax(1) == labels[ending]).sum().item()
+            ending = ((lengths > start) & (lengths <= start + bptt)).float()
+            total_loss += (losses.detach() * ending).sum()
+            correct += ((logits.argmax(1) == labels) * ending).sum()
         count += len(labels)
-    return dict(train_accuracy=correct / count, train_loss=total_loss / count)
+    # Summed on the device, read here once (a read per step would make a GPU wait).
+    return dict(train_accuracy=int(correct) / count, train_loss=float(total_loss) / count)
 
 
 # No gradients are needed to evaluate: faster, and less memory.
 @torch.no_grad()
-def evaluate(model, batches, autocast, split):
-    """The model's accuracy and loss on `batches`, named after the split."""
+def evaluate(model, loader, autocast, split):
+    """The model's accuracy and loss on `loader`, named after the split."""
     model.eval()
     total_loss = correct = count = 0
     device = next(model.parameters()).device
-    for tokens, lengths, labels in batches:
+    for tokens, lengths, labels in loader:
         tokens, labels = tokens.to(device), labels.to(device)
         # Whole reviews at once: nothing to truncate.
         with autocast:
             logits, _ = model(tokens, lengths)
-        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
         count += len(labels)
-    return {f"{split}_accuracy": correct / count, f"{split}_loss": total_loss / count}
+    accuracy, loss = int(correct) / count, float(total_loss) / count
+    return {f"{split}_accuracy": accuracy, f"{split}_loss": loss}
 
 
 @torch.no_grad()
-def predict(texts, checkpoint, device):
+def predict(texts, model_path, device):
     """Print the label and its probability for each text, using a saved model."""
-    model, vocab, config = load_checkpoint(checkpoint, device)
+    model, vocab, config = load_checkpoint(model_path, device)
     index = {word: i for i, word in enumerate(vocab)}
     for text in texts:
         tokens = tokenize(text)
@@ -225,13 +232,13 @@ def predict(texts, checkpoint, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    # The same seed, the same split, weights, dropout and batch order: the same result on one
-    # machine.
+    # The same seed, the same split, weights, dropout and batch order: the same result on the same
+    # CPU (GPU runs differ slightly from run to run: some GPU kernels add in a varying order).
     torch.manual_seed(args.seed)
     pick_device_and_precision(args)
-    checkpoint = args.checkpoint or args.out_dir / "model.pt"
+    model_path = args.checkpoint or args.out_dir / "model.pt"
     if args.predict:
-        return predict(read_texts(args.predict), checkpoint, args.device)
+        return predict(read_texts(args.predict), model_path, args.device)
     if args.precision == "fp16" and args.device.type == "cpu":
         sys.exit(
             "error: --precision fp16: PyTorch has no float16 LSTM on the CPU; use bf16 or fp32"
@@ -274,20 +281,20 @@ def main(argv=None):
         start = time.perf_counter()
         # disable=None: a progress bar on a terminal only, not in a log file.
         progress = tqdm(batches(*train_data, args.batch_size, generator), total=steps, disable=None)
-        train = train_one_epoch(model, progress, optimizer, (autocast, scaler), args.bptt)
+        train_figures = train_one_epoch(model, progress, optimizer, (autocast, scaler), args.bptt)
         seconds = time.perf_counter() - start
-        val = evaluate(model, batches(*val_data, 256), autocast, "val")
-        log_epoch(history, epoch=epoch, **train, **val, seconds=seconds)
+        val_figures = evaluate(model, batches(*val_data, 256), autocast, "val")
+        log_epoch(history, epoch=epoch, **train_figures, **val_figures, seconds=seconds)
         # Keep the epoch that did best on reviews it never trained on.
-        if val["val_loss"] < best_val_loss:
-            best_val_loss = val["val_loss"]
-            save_checkpoint(model, vocab, config, checkpoint)
-            print(f"saved epoch {epoch} to {checkpoint}: its validation loss is the lowest yet")
+        if val_figures["val_loss"] < best_val_loss:
+            best_val_loss = val_figures["val_loss"]
+            save_checkpoint(model, vocab, config, model_path)
+            print(f"saved epoch {epoch} to {model_path}: its validation loss is the lowest yet")
 
     # The best epoch, not the last, measured once on the test set.
-    model, _, _ = load_checkpoint(checkpoint, args.device)
-    test = evaluate(model, batches(*test_data, 256), autocast, "test")
-    write_metrics(args, history, **test, vocab_size=len(vocab))
+    model, _, _ = load_checkpoint(model_path, args.device)
+    test_figures = evaluate(model, batches(*test_data, 256), autocast, "test")
+    write_metrics(args, history, **test_figures, vocab_size=len(vocab))
     save_plots(history, args.out_dir)
 
 
@@ -350,7 +357,12 @@ def parse_args(argv=None):
         p.error("--predict uses the checkpoint's settings: drop the training flags")
     # One tiny batch through training and evaluation.
     if args.dry_run:
-        args.epochs, args.batch_size, args.val_size, args.min_freq = 1, 8, 8, 1
+        args.epochs, args.batch_size, args.val_size, args.min_freq = (
+            1,
+            min(args.batch_size, 8),
+            8,
+            1,
+        )
     return args
 
 
@@ -424,9 +436,11 @@ def read_reviews(folder, split):
 
 def save_checkpoint(model, vocab, config, path):
     # Only tensors, strings and numbers: loadable with torch.load(weights_only=True), which
-    # refuses to run code hidden in a file (unlike a pickled model object).
+    # refuses to run code hidden in a file (unlike a pickled model object). CPU tensors: the
+    # file loads on any machine, with or without the GPU it was trained on.
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(weights=model.state_dict(), vocab=vocab, config=config), path)
+    torch.save(dict(weights=weights, vocab=vocab, config=config), path)
 
 
 def load_checkpoint(path, device):
@@ -499,13 +513,19 @@ def pick_device_and_precision(args, fp16=True):
             sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    # Native bf16: NVIDIA GPUs from Ampere on, Intel GPUs, CPUs with AVX-512 BF16 or AMX (others
+    # only emulate it, slower than fp32).
+    native, cuda = False, device.type == "cuda"
     with contextlib.suppress(Exception):
-        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            if device.type == "cpu"
+            else getattr(torch, device.type).is_bf16_supported(False)
+        )
     best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
     precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and cuda and not native:
-        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    if precision == "bf16" and device.type != "cpu" and not native:
+        sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
     name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
     args.device, args.precision = device, precision
@@ -521,7 +541,8 @@ def write_metrics(args, history, **results):
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
-    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    peak = None if args.device.type == "cpu" else torch.accelerator.max_memory_allocated()
+    metrics["peak_gpu_memory_mb"] = peak and peak / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")

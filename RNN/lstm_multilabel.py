@@ -137,13 +137,13 @@ class MultilabelLSTM(nn.Module):
         return self.out(self.dropout(pooled))
 
 
-def train_one_epoch(model, batches, optimizer, pos_weight, amp):
-    """One pass over the training batches: the mean loss per comment and label."""
+def train_one_epoch(model, loader, optimizer, pos_weight, amp):
+    """One pass over the training loader: the mean loss per comment and label."""
     model.train()
     autocast, scaler = amp
     device = next(model.parameters()).device
     total_loss = count = 0
-    for tokens, targets in batches:
+    for tokens, targets in loader:
         tokens, targets = tokens.to(device), targets.to(device)
         with autocast:
             logits = model(tokens)
@@ -157,30 +157,32 @@ def train_one_epoch(model, batches, optimizer, pos_weight, amp):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.item() * len(targets)
+        total_loss += loss.detach() * len(targets)
         count += len(targets)
-    return {"train_loss": total_loss / count}
+    # Summed on the device, read here once (a read per step would make a GPU wait).
+    return {"train_loss": float(total_loss) / count}
 
 
 # No gradients are needed to evaluate: faster, and less memory.
 @torch.no_grad()
-def evaluate(model, batches, autocast, split, pos_weight):
+def evaluate(model, loader, autocast, split, pos_weight):
     """Loss and mean ROC AUC, named after the split, with every comment's label probabilities
     and targets (for F1)."""
     model.eval()
     device = next(model.parameters()).device
     total_loss, probabilities, targets = 0, [], []
-    for tokens, batch_targets in batches:
+    for tokens, batch_targets in loader:
         with autocast:
             logits = model(tokens.to(device)).float()
         batch_targets = batch_targets.to(device)
         loss = F.binary_cross_entropy_with_logits(logits, batch_targets, pos_weight=pos_weight)
-        total_loss += loss.item() * len(batch_targets)
-        probabilities.append(logits.sigmoid().cpu())
-        targets.append(batch_targets.cpu())
-    probabilities, targets = torch.cat(probabilities), torch.cat(targets)
+        total_loss += loss.detach() * len(batch_targets)
+        probabilities.append(logits.sigmoid())
+        targets.append(batch_targets)
+    # Gathered on the device, copied to the CPU once.
+    probabilities, targets = torch.cat(probabilities).cpu(), torch.cat(targets).cpu()
     mean_auc = roc_auc(probabilities, targets).nanmean().item()
-    figures = {f"{split}_loss": total_loss / len(targets), f"{split}_mean_auc": mean_auc}
+    figures = {f"{split}_loss": float(total_loss) / len(targets), f"{split}_mean_auc": mean_auc}
     return figures | dict(probabilities=probabilities, targets=targets)
 
 
@@ -233,9 +235,9 @@ def tune_thresholds(probabilities, targets):
 
 
 @torch.no_grad()
-def predict(texts, checkpoint, device):
+def predict(texts, model_path, device):
     """For each text: every label above its threshold with its probability, most likely first."""
-    model, saved = load_checkpoint(checkpoint, device)
+    model, saved = load_checkpoint(model_path, device)
     index = {word: i for i, word in enumerate(saved["vocab"])}
     if empty := [text for text in texts if not tokenize(text)]:
         sys.exit(f"error: nothing to classify in {empty[0]!r}: give --predict some words")
@@ -252,12 +254,13 @@ def predict(texts, checkpoint, device):
 def main(argv=None):
     args = parse_args(argv)
     pick_device_and_precision(args)
-    checkpoint = args.checkpoint or args.out_dir / "model.pt"
+    model_path = args.checkpoint or args.out_dir / "model.pt"
     if args.predict:
-        return predict(read_texts(args.predict), checkpoint, args.device)
+        return predict(read_texts(args.predict), model_path, args.device)
     if args.precision == "fp16" and args.device.type == "cpu":
         sys.exit("error: --precision fp16: PyTorch has no float16 LSTM on a CPU; use bf16 or fp32")
-    # The same seed, the same weights, dropout and batches: the same result on one machine.
+    # The same seed, the same weights, dropout and batches: the same result on the same CPU (GPU
+    # runs differ slightly from run to run: some GPU kernels add in a varying order).
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
@@ -296,7 +299,7 @@ def main(argv=None):
     # What model.pt holds besides the weights and thresholds (weights_only=True loads it: only
     # tensors, strings and numbers, unlike a pickled model, whose loading could run any code).
     contents = dict(vocab=vocab, labels=labels, config=config | dict(dataset=args.dataset))
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
 
     history, best_epoch = [], None
     for epoch in range(1, args.epochs + 1):
@@ -304,25 +307,36 @@ def main(argv=None):
         epoch_batches = list(batches(*train_data, args.batch_size, generator))
         # disable=None: a progress bar on a terminal only, not in a log file.
         epoch_batches = tqdm(epoch_batches, disable=None)
-        train = train_one_epoch(model, epoch_batches, optimizer, pos_weight, (autocast, scaler))
+        train_figures = train_one_epoch(
+            model, epoch_batches, optimizer, pos_weight, (autocast, scaler)
+        )
         seconds = time.perf_counter() - start
-        val = evaluate(model, batches(*val_data, 256), autocast, "val", pos_weight)
-        probabilities, targets = val.pop("probabilities"), val.pop("targets")
+        val_figures = evaluate(model, batches(*val_data, 256), autocast, "val", pos_weight)
+        probabilities, targets = val_figures.pop("probabilities"), val_figures.pop("targets")
         thresholds = tune_thresholds(probabilities, targets)
         val_f1 = f1_scores(probabilities > thresholds, targets)["macro_f1"]
-        log_epoch(history, epoch=epoch, **train, **val, val_macro_f1=val_f1, seconds=seconds)
+        log_epoch(
+            history,
+            epoch=epoch,
+            **train_figures,
+            **val_figures,
+            val_macro_f1=val_f1,
+            seconds=seconds,
+        )
         # Keep the epoch with the best validation macro-F1, with the thresholds tuned for it.
         if best_epoch is None or val_f1 > history[best_epoch - 1]["val_macro_f1"]:
             best_epoch, contents["thresholds"] = epoch, [round(t, 2) for t in thresholds.tolist()]
-            torch.save(dict(contents, weights=model.state_dict()), checkpoint)
+            # CPU tensors: model.pt loads on any machine, with or without the GPU it was trained on.
+            weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+            torch.save(dict(contents, weights=weights), model_path)
 
     # The best epoch, with its thresholds: the test split is used once, here.
-    model, saved = load_checkpoint(checkpoint, args.device)
-    test = evaluate(model, batches(*test_data, 256), autocast, "test", pos_weight)
+    model, saved = load_checkpoint(model_path, args.device)
+    test_figures = evaluate(model, batches(*test_data, 256), autocast, "test", pos_weight)
     thresholds = torch.tensor(saved["thresholds"])
-    tuned = f1_scores(test["probabilities"] > thresholds, test["targets"])
-    at_half = f1_scores(test["probabilities"] > 0.5, test["targets"])
-    aucs = roc_auc(test["probabilities"], test["targets"])
+    tuned = f1_scores(test_figures["probabilities"] > thresholds, test_figures["targets"])
+    at_half = f1_scores(test_figures["probabilities"] > 0.5, test_figures["targets"])
+    aucs = roc_auc(test_figures["probabilities"], test_figures["targets"])
     per_label = report_labels(labels, share, thresholds, tuned, aucs)
     print(
         f"test, epoch {best_epoch}: macro-F1 {tuned['macro_f1']:.4f} with the tuned thresholds, "
@@ -363,7 +377,7 @@ def parse_args(argv=None):
         flags = " ".join("--" + name.replace("_", "-") for name in given)
         sys.exit(f"error: {flags}: not with --predict (it takes --checkpoint, --out-dir, --device)")
     if args.dry_run:
-        args.epochs, args.batch_size, args.min_freq = 1, 8, 1
+        args.epochs, args.batch_size, args.min_freq = 1, min(args.batch_size, 8), 1
     return args
 
 
@@ -503,7 +517,7 @@ def load_checkpoint(path, device):
     if not path.is_file():
         sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
     try:
-        saved = torch.load(path, map_location=device, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         config = saved["config"]
         model = MultilabelLSTM(len(saved["vocab"]), len(saved["labels"]), **config["model"])
         model.load_state_dict(saved["weights"])
@@ -582,13 +596,19 @@ def pick_device_and_precision(args, fp16=True):
             sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    # Native bf16: NVIDIA GPUs from Ampere on, Intel GPUs, CPUs with AVX-512 BF16 or AMX (others
+    # only emulate it, slower than fp32).
+    native, cuda = False, device.type == "cuda"
     with contextlib.suppress(Exception):
-        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            if device.type == "cpu"
+            else getattr(torch, device.type).is_bf16_supported(False)
+        )
     best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
     precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and cuda and not native:
-        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    if precision == "bf16" and device.type != "cpu" and not native:
+        sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
     name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
     args.device, args.precision = device, precision
@@ -604,7 +624,8 @@ def write_metrics(args, history, **results):
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
-    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    peak = None if args.device.type == "cpu" else torch.accelerator.max_memory_allocated()
+    metrics["peak_gpu_memory_mb"] = peak and peak / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")

@@ -93,14 +93,15 @@ def epoch_batches(count, batch_size, epoch, seed, ddp):
         yield mine, flips[mine], len(batch)
 
 
-def train_one_epoch(model, batches, optimizer, scheduler, amp):
+def train_one_epoch(model, loader, optimizer, scheduler, amp):
     """One pass over this rank's share of every batch: accuracy and mean loss, over all ranks."""
     model.train()
     autocast, scaler = amp
     ranks = dist.get_world_size()
-    # Sums of the loss, of correct answers and of images.
-    totals = torch.zeros(3, dtype=torch.float64, device=next(model.parameters()).device)
-    for images, labels, global_batch in batches:
+    # Sums of the loss, of correct answers and of images, kept on the device and read once at
+    # the end (a read per step would make a GPU wait). float32: some GPUs have no float64.
+    totals = torch.zeros(3, device=next(model.parameters()).device)
+    for images, labels, global_batch in loader:
         with autocast:
             logits = model(images)
             # DDP averages the ranks' gradients; summing over this slice and dividing by the
@@ -113,10 +114,9 @@ def train_one_epoch(model, batches, optimizer, scheduler, amp):
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        correct = (logits.argmax(1) == labels).sum()
-        totals += torch.stack(
-            [loss.detach() * global_batch / ranks, correct, torch.tensor(len(labels))]
-        )
+        totals[0] += loss.detach() * global_batch / ranks
+        totals[1] += (logits.argmax(1) == labels).sum()
+        totals[2] += len(labels)
     # Sums over the ranks.
     dist.all_reduce(totals)
     loss_sum, correct, count = totals.tolist()
@@ -132,7 +132,7 @@ def evaluate(model, data, autocast, split):
     model.eval()
     images, labels = data
     mine = torch.tensor_split(torch.arange(len(images)), dist.get_world_size())[dist.get_rank()]
-    totals = torch.zeros(2, dtype=torch.float64, device=images.device)
+    totals = torch.zeros(2, device=images.device)
     for batch in mine.split(1000):
         with autocast:
             logits = model(images[batch])
@@ -147,7 +147,7 @@ def main(argv=None):
     args = parse_args(argv)
     ddp = start_process_group(args)  # rank, size, local rank and device of this process
     try:
-        train(args, ddp)
+        run_training(args, ddp)
     # Ctrl-C, or SIGTERM from torchrun or a job scheduler.
     except KeyboardInterrupt:
         say(
@@ -162,7 +162,7 @@ def main(argv=None):
         dist.destroy_process_group()
 
 
-def train(args, ddp):
+def run_training(args, ddp):
     # The initial weights: the same on every rank.
     torch.manual_seed(args.seed)
     # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
@@ -197,7 +197,7 @@ def train(args, ddp):
         model, device_ids=[args.device] if args.device.type == "cuda" else None
     )
 
-    test = None
+    test_figures = None
     for epoch in range(resumed_from + 1, args.epochs + 1):
         start = time.perf_counter()
         shares = epoch_batches(len(train_images), args.batch_size, epoch, args.seed, ddp)
@@ -208,23 +208,25 @@ def train(args, ddp):
         )
         # disable=None: a progress bar on a terminal only, and from rank 0 only.
         progress = tqdm(batches, total=steps, disable=None if ddp.rank == 0 else True)
-        train = train_one_epoch(model, progress, optimizer, scheduler, (autocast, scaler))
+        train_figures = train_one_epoch(model, progress, optimizer, scheduler, (autocast, scaler))
         seconds = time.perf_counter() - start
-        test = evaluate(model, test_data, autocast, "test")
+        test_figures = evaluate(model, test_data, autocast, "test")
         # One writer: the ranks hold the same weights.
         with contextlib.redirect_stdout(sys.stdout if ddp.rank == 0 else None):
-            log_epoch(history, epoch=epoch, **train, **test, seconds=seconds)
+            log_epoch(history, epoch=epoch, **train_figures, **test_figures, seconds=seconds)
         if ddp.rank == 0:
             save_snapshot(snapshot_path, model.module, optimizer, scheduler, args, history)
 
     # The snapshot held every epoch already: nothing was trained.
-    if test is None:
-        test = evaluate(model, test_data, autocast, "test")
+    if test_figures is None:
+        test_figures = evaluate(model, test_data, autocast, "test")
     if ddp.rank == 0:
         results = dict(world_size=ddp.size, backend=ddp.backend, resumed_from_epoch=resumed_from)
-        write_metrics(args, history, **test, **results)
+        write_metrics(args, history, **test_figures, **results)
         save_plots(history, args.out_dir)
-        torch.save(dict(weights=model.module.state_dict()), args.out_dir / "model.pt")
+        # CPU tensors: model.pt loads on any machine, with or without the GPU it was trained on.
+        weights = {name: tensor.cpu() for name, tensor in model.module.state_dict().items()}
+        torch.save(dict(weights=weights), args.out_dir / "model.pt")
 
 
 def flip_some(images, flip):
@@ -252,9 +254,10 @@ def parse_args(argv=None):
     add("--lr", type=positive(float), default=0.05, help="peak learning rate (default 0.05)")
     add(
         "--backend",
-        choices=["auto", "nccl", "gloo"],
+        choices=["auto", "nccl", "xccl", "gloo"],
         default="auto",
-        help="how processes talk (default auto: NCCL between GPUs, Gloo on CPUs)",
+        help="how processes talk (default auto: NCCL between NVIDIA GPUs, XCCL between Intel "
+        "GPUs, Gloo on CPUs)",
     )
     add(
         "--timeout",
@@ -265,7 +268,7 @@ def parse_args(argv=None):
     args = parse_with_common_flags(p, argv, data="cifar-10-batches-py/")
     # One tiny batch through training and evaluation; no snapshot.
     if args.dry_run:
-        args.epochs, args.batch_size = 1, 16
+        args.epochs, args.batch_size = 1, min(args.batch_size, 16)
     return args
 
 
@@ -290,22 +293,33 @@ def start_process_group(args):
     args.device = (
         "cpu" if args.device == "auto" and torch.backends.mps.is_available() else args.device
     )
+    # Each process takes its own GPU, number LOCAL_RANK, before anything runs on a GPU: else
+    # each would first set itself up on GPU 0, costing hundreds of MB there per process.
+    found = torch.accelerator.current_accelerator(check_available=True)
+    gpus = (
+        found is not None and found.type in ("cuda", "xpu") and args.device in ("auto", found.type)
+    )
+    if gpus:
+        if local_size > torch.accelerator.device_count():
+            sys.exit(
+                f"error: {local_size} processes on one machine but "
+                f"{torch.accelerator.device_count()} GPU(s): use --nproc-per-node "
+                f"{torch.accelerator.device_count()} (one process per GPU)"
+            )
+        torch.accelerator.set_device_index(local_rank)
     with contextlib.redirect_stdout(sys.stdout if rank == 0 else None):
         pick_device_and_precision(args)
     device = args.device
-    if device.type == "cuda":
-        if local_size > torch.cuda.device_count():
-            sys.exit(
-                f"error: {local_size} processes on one machine but {torch.cuda.device_count()} "
-                f"GPU(s): use --nproc-per-node {torch.cuda.device_count()} (one process per GPU)"
-            )
-        args.device = device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    backend = (
-        args.backend if args.backend != "auto" else "nccl" if device.type == "cuda" else "gloo"
-    )
-    if backend == "nccl" and device.type != "cuda":
-        sys.exit("error: --backend nccl needs CUDA GPUs: use --backend gloo (or auto) on the CPU")
+    if device.type in ("cuda", "xpu"):
+        args.device = device = torch.device(device.type, local_rank)
+    # NCCL carries CUDA tensors, XCCL Intel GPUs' (XPU), Gloo CPU tensors.
+    gpu_backends = dict(cuda="nccl", xpu="xccl")
+    backend = args.backend if args.backend != "auto" else gpu_backends.get(device.type, "gloo")
+    needs = dict(nccl="cuda", xccl="xpu")
+    if needs.get(backend, device.type) != device.type or backend == "gloo" and device.type == "xpu":
+        sys.exit(
+            f"error: --backend {backend} cannot carry {device.type} tensors: use --backend auto"
+        )
     if not dist.is_backend_available(backend):
         sys.exit(f"error: this PyTorch build has no {backend} backend: use --backend auto")
     if "MASTER_ADDR" in env:
@@ -433,8 +447,8 @@ def save_snapshot(path, model, optimizer, scheduler, args, history):
     if args.dry_run:
         return
     state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), history=history)
+    # No random state: each epoch draws its order and flips from its own seeded generator.
     state.update(scheduler=scheduler.state_dict(), settings=settings(args))
-    state.update(rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all())
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     torch.save(state, temporary)
@@ -462,9 +476,6 @@ def load_snapshot(path, model, optimizer, scheduler, args):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"].cpu())
-        if args.device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
     # Empty, truncated, not a torch file, or another script's file: one line.
     except Exception as err:
         sys.exit(
@@ -528,13 +539,19 @@ def pick_device_and_precision(args, fp16=True):
             sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    # Native bf16: NVIDIA GPUs from Ampere on, Intel GPUs, CPUs with AVX-512 BF16 or AMX (others
+    # only emulate it, slower than fp32).
+    native, cuda = False, device.type == "cuda"
     with contextlib.suppress(Exception):
-        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            if device.type == "cpu"
+            else getattr(torch, device.type).is_bf16_supported(False)
+        )
     best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
     precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and cuda and not native:
-        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    if precision == "bf16" and device.type != "cpu" and not native:
+        sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
     name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
     args.device, args.precision = device, precision
@@ -550,7 +567,8 @@ def write_metrics(args, history, **results):
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
-    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    peak = None if args.device.type == "cpu" else torch.accelerator.max_memory_allocated()
+    metrics["peak_gpu_memory_mb"] = peak and peak / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")

@@ -90,9 +90,10 @@ def train_one_epoch(model, loader, optimizer, amp):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.item() * len(labels)
-        correct += (log_probs.argmax(1) == labels).sum().item()
-    accuracy, loss = correct / len(loader.dataset), total_loss / len(loader.dataset)
+        total_loss += loss.detach() * len(labels)
+        correct += (log_probs.argmax(1) == labels).sum()
+    accuracy = int(correct) / len(loader.dataset)
+    loss = float(total_loss) / len(loader.dataset)
     return dict(train_accuracy=accuracy, train_loss=loss)
 
 
@@ -105,16 +106,18 @@ def evaluate(model, loader, autocast, split):
     for images, labels in loader:
         with autocast:
             log_probs = model(images)
-        total_loss += F.nll_loss(log_probs.float(), labels, reduction="sum").item()
-        correct += (log_probs.argmax(1) == labels).sum().item()
-    accuracy, loss = correct / len(loader.dataset), total_loss / len(loader.dataset)
+        total_loss += F.nll_loss(log_probs.float(), labels, reduction="sum")
+        correct += (log_probs.argmax(1) == labels).sum()
+    accuracy = int(correct) / len(loader.dataset)
+    loss = float(total_loss) / len(loader.dataset)
     return {f"{split}_accuracy": accuracy, f"{split}_loss": loss}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    # The same seed, the same split, initial weights, dropout and batch order: the same result
-    # on one machine.
+    # The same seed, the same split, initial weights, dropout and batch order: the same result on
+    # the same CPU (GPU runs differ slightly from run to run: some GPU kernels add in a varying
+    # order).
     torch.manual_seed(args.seed)
     pick_device_and_precision(args)
     # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
@@ -146,23 +149,23 @@ def main(argv=None):
     # Adam adapts each weight's step size to its recent gradients: little tuning needed.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    history, best_val_loss, checkpoint = [], float("inf"), args.out_dir / "model.pt"
+    history, best_val_loss, model_path = [], float("inf"), args.out_dir / "model.pt"
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train = train_one_epoch(model, train_loader, optimizer, (autocast, scaler))
+        train_figures = train_one_epoch(model, train_loader, optimizer, (autocast, scaler))
         seconds = time.perf_counter() - start
-        val = evaluate(model, val_loader, autocast, "val")
-        log_epoch(history, epoch=epoch, **train, **val, seconds=seconds)
+        val_figures = evaluate(model, val_loader, autocast, "val")
+        log_epoch(history, epoch=epoch, **train_figures, **val_figures, seconds=seconds)
         # Keep the weights of the epoch that did best on data it never trained on.
-        if val["val_loss"] < best_val_loss:
-            best_val_loss = val["val_loss"]
-            save_checkpoint(model, config, checkpoint)
-            print(f"saved epoch {epoch} to {checkpoint}: its validation loss is the lowest yet")
+        if val_figures["val_loss"] < best_val_loss:
+            best_val_loss = val_figures["val_loss"]
+            save_checkpoint(model, config, model_path)
+            print(f"saved epoch {epoch} to {model_path}: its validation loss is the lowest yet")
 
     # The best epoch, not the last, measured once on the test set.
-    model = load_checkpoint(checkpoint, args.device)
-    test = evaluate(model, DataLoader(test_set, batch_size=1000), autocast, "test")
-    write_metrics(args, history, **test)
+    model = load_checkpoint(model_path, args.device)
+    test_figures = evaluate(model, DataLoader(test_set, batch_size=1000), autocast, "test")
+    write_metrics(args, history, **test_figures)
     save_plots(history, args.out_dir)
     save_prediction(model, test_set, args.out_dir)
 
@@ -218,9 +221,11 @@ def load_split(data_dir, train, device):
 
 def save_checkpoint(model, config, path):
     # Only tensors and plain Python values: loadable with torch.load(weights_only=True), which
-    # refuses to run code hidden in a file (unlike a pickled model object).
+    # refuses to run code hidden in a file (unlike a pickled model object). CPU tensors: the
+    # file loads on any machine, with or without the GPU it was trained on.
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(weights=model.state_dict(), config=config, classes=CLASSES), path)
+    torch.save(dict(weights=weights, config=config, classes=CLASSES), path)
 
 
 def load_checkpoint(path, device):
@@ -241,10 +246,11 @@ def evaluate_checkpoint(args, test_set, autocast):
     """--eval-only: a saved model's test figures, in evaluation.json (metrics.json is left as
     the training run wrote it)."""
     model = load_checkpoint(args.checkpoint, args.device)
-    test = evaluate(model, DataLoader(test_set, batch_size=1000), autocast, "test")
-    print(f"test accuracy {test['test_accuracy']:.4f}  test loss {test['test_loss']:.4f}")
+    test_figures = evaluate(model, DataLoader(test_set, batch_size=1000), autocast, "test")
+    accuracy, loss = test_figures["test_accuracy"], test_figures["test_loss"]
+    print(f"test accuracy {accuracy:.4f}  test loss {loss:.4f}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    evaluation = dict(checkpoint=str(args.checkpoint), **test)
+    evaluation = dict(checkpoint=str(args.checkpoint), **test_figures)
     (args.out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     save_prediction(model, test_set, args.out_dir)
 
@@ -320,13 +326,19 @@ def pick_device_and_precision(args, fp16=True):
             sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    # Native bf16: NVIDIA GPUs from Ampere on, Intel GPUs, CPUs with AVX-512 BF16 or AMX (others
+    # only emulate it, slower than fp32).
+    native, cuda = False, device.type == "cuda"
     with contextlib.suppress(Exception):
-        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            if device.type == "cpu"
+            else getattr(torch, device.type).is_bf16_supported(False)
+        )
     best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
     precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and cuda and not native:
-        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    if precision == "bf16" and device.type != "cpu" and not native:
+        sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
     name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
     args.device, args.precision = device, precision
@@ -342,7 +354,8 @@ def write_metrics(args, history, **results):
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
-    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    peak = None if args.device.type == "cpu" else torch.accelerator.max_memory_allocated()
+    metrics["peak_gpu_memory_mb"] = peak and peak / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")

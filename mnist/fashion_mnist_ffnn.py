@@ -97,9 +97,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, amp):
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total_loss += loss.item() * len(labels)
-        correct += (log_probs.argmax(1) == labels).sum().item()
-    accuracy, loss = correct / len(loader.dataset), total_loss / len(loader.dataset)
+        total_loss += loss.detach() * len(labels)
+        correct += (log_probs.argmax(1) == labels).sum()
+    accuracy = int(correct) / len(loader.dataset)
+    loss = float(total_loss) / len(loader.dataset)
     return dict(train_accuracy=accuracy, train_loss=loss)
 
 
@@ -112,16 +113,17 @@ def evaluate(model, loader, autocast, split):
     for images, labels in loader:
         with autocast:
             log_probs = model(images)
-        total_loss += F.nll_loss(log_probs.float(), labels, reduction="sum").item()
-        correct += (log_probs.argmax(1) == labels).sum().item()
-    accuracy, loss = correct / len(loader.dataset), total_loss / len(loader.dataset)
+        total_loss += F.nll_loss(log_probs.float(), labels, reduction="sum")
+        correct += (log_probs.argmax(1) == labels).sum()
+    accuracy = int(correct) / len(loader.dataset)
+    loss = float(total_loss) / len(loader.dataset)
     return {f"{split}_accuracy": accuracy, f"{split}_loss": loss}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    # The same seed, the same initial weights, dropout and batch order: the same result on one
-    # machine.
+    # The same seed, the same initial weights, dropout and batch order: the same result on the same
+    # CPU (GPU runs differ slightly from run to run: some GPU kernels add in a varying order).
     torch.manual_seed(args.seed)
     pick_device_and_precision(args)
     # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
@@ -158,14 +160,18 @@ def main(argv=None):
     history = []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train = train_one_epoch(model, train_loader, optimizer, scheduler, (autocast, scaler))
+        train_figures = train_one_epoch(
+            model, train_loader, optimizer, scheduler, (autocast, scaler)
+        )
         seconds = time.perf_counter() - start
-        test = evaluate(model, test_loader, autocast, "test")
-        log_epoch(history, epoch=epoch, **train, **test, seconds=seconds)
+        test_figures = evaluate(model, test_loader, autocast, "test")
+        log_epoch(history, epoch=epoch, **train_figures, **test_figures, seconds=seconds)
 
-    write_metrics(args, history, **test)
+    write_metrics(args, history, **test_figures)
     save_plots(history, args.out_dir)
-    torch.save(dict(weights=model.state_dict(), config=config), args.out_dir / "model.pt")
+    # CPU tensors: model.pt loads on any machine, with or without the GPU it was trained on.
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    torch.save(dict(weights=weights, config=config), args.out_dir / "model.pt")
 
 
 # ---- plumbing: flags, data, plots (the lesson is above) ----
@@ -273,13 +279,19 @@ def pick_device_and_precision(args, fp16=True):
             sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    # Native bf16: NVIDIA GPUs from Ampere on, Intel GPUs, CPUs with AVX-512 BF16 or AMX (others
+    # only emulate it, slower than fp32).
+    native, cuda = False, device.type == "cuda"
     with contextlib.suppress(Exception):
-        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            if device.type == "cpu"
+            else getattr(torch, device.type).is_bf16_supported(False)
+        )
     best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
     precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and cuda and not native:
-        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    if precision == "bf16" and device.type != "cpu" and not native:
+        sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
     name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
     args.device, args.precision = device, precision
@@ -295,7 +307,8 @@ def write_metrics(args, history, **results):
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
-    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    peak = None if args.device.type == "cpu" else torch.accelerator.max_memory_allocated()
+    metrics["peak_gpu_memory_mb"] = peak and peak / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")

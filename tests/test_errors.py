@@ -41,6 +41,7 @@ DOWNLOADS = {
     "transformer/transformer_imdb.py": "aclImdb_v1.tar.gz",
     "distributed/conv_net_cifar_ddp.py": "cifar-10-python.tar.gz",
     "RNN/lstm_multilabel.py": "goemotions/train.tsv",
+    "RNN/lstm_char_lm.py": "tinyshakespeare/input.txt",
 }
 MAKES_ITS_DATA = {"RNN/lstm_net_counting_chars.py"}
 DOWNLOADERS = [REPO / name for name in DOWNLOADS]

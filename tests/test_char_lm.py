@@ -1,0 +1,112 @@
+"""RNN/lstm_char_lm.py: the streams, truncated BPTT across windows, generation and its errors."""
+
+import pytest
+import torch
+
+from conftest import load_script
+
+lm = load_script("RNN/lstm_char_lm.py")
+
+
+def test_batchify_cuts_the_text_into_contiguous_streams():
+    streams = lm.batchify(torch.arange(26), 4)
+    # 26 // 4 = 6 characters a stream; the last two are dropped.
+    assert streams.tolist() == [list(range(k * 6, k * 6 + 6)) for k in range(4)]
+
+
+def test_windows_pair_each_character_with_the_next():
+    streams = lm.batchify(torch.arange(40), 2)
+    pairs = list(lm.windows(streams, 6))
+    inputs = torch.cat([x for x, _ in pairs], 1)
+    targets = torch.cat([y for _, y in pairs], 1)
+    # Every character but each stream's last is an input, and its target is the next one.
+    assert torch.equal(inputs, streams[:, :-1]) and torch.equal(targets, streams[:, 1:])
+    assert [x.size(1) for x, _ in pairs] == [6, 6, 6, 1]
+
+
+def test_the_state_is_carried_but_no_gradient_crosses_a_window():
+    torch.manual_seed(0)
+    model = lm.CharLSTM(10, embedding=4, hidden=8, dropout=0.0)
+    first, second = torch.randint(10, (2, 5)), torch.randint(10, (2, 5))
+    _, state = model(first)
+    carried = lm.detach(state)
+    # The values carry over: the second window's output depends on the first window.
+    with_context, _ = model(second, carried)
+    fresh, _ = model(second)
+    assert not torch.allclose(with_context, fresh)
+    # But the second window's loss sends no gradient back into the first window's embeddings.
+    embedded = model.embedding(first).detach().requires_grad_()
+    outputs, state = model.lstm(embedded)
+    logits, _ = model(second, lm.detach(state))
+    logits.sum().backward()
+    assert embedded.grad is None
+    # Without detach() it would.
+    logits, _ = model(second, state)
+    logits.sum().backward()
+    assert embedded.grad is not None and embedded.grad.abs().sum() > 0
+
+
+def test_one_epoch_takes_one_step_per_window():
+    torch.manual_seed(0)
+    model = lm.CharLSTM(12, embedding=4, hidden=8)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    streams = lm.batchify(torch.randint(12, (203,)), 4)  # 4 streams of 50: 49 targets each
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-2, total_steps=5)
+    config = dict(bptt=10, autocast=torch.autocast("cpu", enabled=False))
+    figures = lm.train_one_epoch(model, streams, optimizer, scheduler, config)
+    assert scheduler.last_epoch == 5 and figures["train_loss"] > 0
+
+
+def trained(tmp_path, data_dir):
+    out = tmp_path / "out"
+    lm.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(out)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, data_dir):
+    return trained(tmp_path_factory.mktemp("char_lm"), data_dir)
+
+
+def generate(capsys, out, *flags):
+    lm.main(["--generate", "60", "--out-dir", str(out), *flags])
+    # What follows the device line.
+    return capsys.readouterr().out.split("\n", 1)[1]
+
+
+def test_generation_is_seeded_and_starts_with_the_prompt(model_dir, capsys):
+    first = generate(capsys, model_dir, "--prompt", "ROMEO:", "--seed", "3")
+    again = generate(capsys, model_dir, "--prompt", "ROMEO:", "--seed", "3")
+    other = generate(capsys, model_dir, "--prompt", "ROMEO:", "--seed", "4", "--temperature", "2")
+    assert first == again and first.startswith("ROMEO:")
+    assert other != first
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--prompt", "ROMEO~"], "--prompt has characters the model never saw: ['~']"),
+        (["--epochs", "3"], "--generate uses the checkpoint's settings"),
+        (["--temperature", "0"], "expected a positive float"),
+    ],
+)
+def test_bad_generation_requests_are_one_line(model_dir, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        lm.main(["--generate", "10", "--out-dir", str(model_dir), *flags])
+    said = str(exit_info.value.code) + capsys.readouterr().err
+    assert message in said
+
+
+def test_generate_without_a_model_says_how_to_train_one(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        lm.main(["--generate", "10", "--out-dir", str(tmp_path)])
+    assert "train first with python lstm_char_lm.py" in str(exit_info.value.code)
+
+
+def test_a_text_that_is_not_utf8_names_its_line(tmp_path):
+    folder = tmp_path / "tinyshakespeare"
+    folder.mkdir()
+    (folder / "input.txt").write_bytes(b"First line\nSecond line\n\xff\xfe bad\n" + b"x" * 200)
+    with pytest.raises(SystemExit) as exit_info:
+        lm.main(["--dry-run", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")])
+    assert "is not UTF-8 text (line 3)" in str(exit_info.value.code)
