@@ -194,3 +194,46 @@ def test_the_stand_in_refuses_a_cpu_tensor_in_a_device_computation(stand_in_gpu)
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# Each script's other modes, after a dry run has written its model.pt: (script, flags).
+MODES = [
+    ("RNN/lstm_imdb.py", ["--predict", "A wonderful film."]),
+    ("RNN/lstm_imdb_tbptt.py", ["--predict", "A wonderful film."]),
+    ("RNN/lstm_multilabel.py", ["--predict", "Thank you so much!"]),
+    ("transformer/transformer_imdb.py", ["--predict", "A wonderful film."]),
+    ("RNN/lstm_char_lm.py", ["--generate", "20", "--prompt", "ROMEO:"]),
+    ("mnist/fashion_mnist_classifier.py", ["--eval-only", "--checkpoint", "{out}/model.pt"]),
+]
+
+
+@pytest.mark.parametrize("script, flags", MODES, ids=[s for s, _ in MODES])
+def test_other_modes_on_the_stand_in_gpu(script, flags, data_dir, tmp_path, stand_in_gpu, capsys):
+    _, out_dir = run(script, ["--dry-run"], data_dir, tmp_path, stand_in_gpu)
+    module = load_script(script)
+    flags = [flag.replace("{out}", str(out_dir)) for flag in flags]
+    data = ["--data-dir", str(data_dir)] if "--eval-only" in flags else []
+    module.main([*flags, *data, "--out-dir", str(out_dir)])
+    assert "device: meta" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["decoded once", "read from disk"])
+def test_own_images_on_the_stand_in_gpu(in_memory, tmp_path, stand_in_gpu, monkeypatch):
+    from test_cifar import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images")
+    module = load_script("conv_net_cifar.py")
+    if not in_memory:
+        monkeypatch.setattr(module, "IN_MEMORY_LIMIT_MB", 0)
+    module.main(["--image-folder", str(folder), "--epochs", "2", "--out-dir", str(tmp_path / "o")])
+    checkpoint = torch.load(tmp_path / "o" / "model.pt", weights_only=True)
+    assert {t.device.type for t in checkpoint["weights"].values()} == {"cpu"}
+
+
+def test_a_resumed_ddp_run_on_the_stand_in_gpu(data_dir, tmp_path, stand_in_gpu, capsys):
+    """Two epochs write snapshot.pt; the same command again resumes from it, on the device."""
+    flags = ["--epochs", "2", "--batch-size", "50"]
+    run("distributed/conv_net_cifar_ddp.py", flags, data_dir, tmp_path, stand_in_gpu)
+    assert (tmp_path / "out" / "snapshot.pt").is_file()
+    run("distributed/conv_net_cifar_ddp.py", flags, data_dir, tmp_path, stand_in_gpu)
+    assert "resuming from" in capsys.readouterr().out
