@@ -13,11 +13,13 @@ Expect: about 0.71 CIFAR-10 test accuracy after the default 5 epochs, 4-6 s an e
 
 Run:
     python conv_net_cifar.py                            # train on CIFAR-10 with the defaults
-    python conv_net_cifar.py --dry-run                  # one tiny batch: checks the set-up
+    python conv_net_cifar.py --dry-run                  # a tiny run: checks the set-up
     python conv_net_cifar.py --image-folder DIR --epochs 15
+    python conv_net_cifar.py --predict photo.jpg more_photos/   # the saved model's top 3 guesses
 
 Prints the accuracy of every class, and writes metrics.json, curves.png, predictions.png,
-confusion_matrix.png and model.pt into --out-dir. To use the trained model:
+confusion_matrix.png and model.pt into --out-dir. model.pt holds CPU tensors, the class names and
+the normalisation: it loads on any machine, and --predict needs nothing else. To use it in code:
     checkpoint = torch.load("runs/conv_net_cifar/model.pt", weights_only=True)
     model = ConvNet(**checkpoint["config"])
     model.load_state_dict(checkpoint["weights"])
@@ -91,6 +93,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, amp):
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
         with autocast:
             logits = model(images)
+            # Inside autocast, cross_entropy runs in fp32 whatever format the logits are in
+            # (autocast keeps a list of such operations). Outside it, as in evaluate(), it would
+            # not: there the logits are turned into fp32 first, with .float().
             loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad()
         # fp16 only (else the scaler does nothing): backward() on the loss scaled up, so that
@@ -131,6 +136,8 @@ def main(argv=None):
     # runs differ slightly from run to run: some GPU kernels add in a varying order).
     torch.manual_seed(args.seed)
     pick_device_and_precision(args)
+    if args.predict:
+        return predict(args.predict, args.checkpoint or args.out_dir / "model.pt", args.device)
     # Mixed precision. Inside autocast, convolutions and matrix products run in a 16-bit
     # format (half the memory traffic, and faster units where the hardware has them), while
     # the weights, the sums that must stay exact and the loss stay in fp32.
@@ -195,6 +202,22 @@ def main(argv=None):
     torch.save(checkpoint, args.out_dir / "model.pt")
 
 
+@torch.no_grad()
+def predict(paths, model_path, device):
+    """Print the saved model's three likeliest classes, with their probabilities, for each image
+    file given, and for every image in each folder given."""
+    model, classes = load_checkpoint(model_path, device)
+    for path in image_files(paths):
+        # The same conversion as for training: any size and colour mode -> (CHANNELS, SIZE, SIZE).
+        image = ToTensor()(open_image(path)).unsqueeze(0).to(device)
+        probabilities = model(image).float().softmax(1)[0]
+        top = probabilities.topk(min(3, len(classes)))
+        guesses = ", ".join(
+            f"{classes[k]} {p:.3f}" for p, k in zip(top.values.tolist(), top.indices.tolist())
+        )
+        print(f"{path}: {guesses}")
+
+
 # ---- plumbing: flags, data, plots (the lesson is above) ----
 
 
@@ -205,10 +228,49 @@ def parse_args(argv=None):
     add("--batch-size", type=positive(int), default=256, help="images per step (default 256)")
     add("--lr", type=positive(float), default=0.05, help="peak learning rate (default 0.05)")
     add("--image-folder", type=Path, help="train on DIR/train/<class>/* (and DIR/test/) instead")
+    add(
+        "--predict",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="the saved model's 3 likeliest classes for each image file, or each image in a folder",
+    )
+    add("--checkpoint", type=Path, help="the model.pt --predict reads (default: OUT_DIR/model.pt)")
     args = parse_with_common_flags(p, argv, data="cifar-10-batches-py/")
     if args.image_folder and args.data_dir != p.get_default("data_dir"):
         p.error("--data-dir is for CIFAR-10: with --image-folder, leave it out")
+    training = "epochs batch_size lr image_folder".split()
+    if args.predict and any(getattr(args, f) != p.get_default(f) for f in training):
+        p.error("--predict uses the saved model: drop the training flags")
     return args
+
+
+def image_files(paths):
+    """The files given, and the files in the folders given (sorted); a missing path: one line."""
+    files = []
+    for path in paths:
+        if not path.exists():
+            sys.exit(f"error: --predict {path}: no such file or folder")
+        files += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return files
+
+
+def load_checkpoint(path, device):
+    """(model, class names) saved in model.pt, or a one-line error saying what is wrong."""
+    if not path.is_file():
+        sys.exit(
+            f"error: no model at {path}: train one first with python {Path(__file__).name} "
+            "(add --image-folder DIR for your own classes)"
+        )
+    try:
+        checkpoint = torch.load(path, weights_only=True)
+        model = ConvNet(**checkpoint["config"])
+        model.load_state_dict(checkpoint["weights"])
+        classes = checkpoint["classes"]
+    # Empty, truncated, not a torch file, or another script's checkpoint: one line.
+    except Exception as err:
+        sys.exit(f"error: {path} is not a model.pt of this script ({err!r})")
+    return model.to(device).eval(), classes
 
 
 def batches(dataset, args, shuffle=False):
@@ -361,7 +423,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

@@ -10,7 +10,7 @@ Expect: about 0.58 test accuracy after the default 8 epochs, 1-2 s an epoch on a
 
 Run:
     python feedforward_3_hid_nn.py             # train with the defaults
-    python feedforward_3_hid_nn.py --dry-run   # one tiny batch: checks the set-up in seconds
+    python feedforward_3_hid_nn.py --dry-run   # a tiny run: checks the set-up in seconds
 
 Writes metrics.json, curves.png and model.pt into --out-dir. To use the trained model:
     checkpoint = torch.load("runs/feedforward_3_hid_nn/model.pt", weights_only=True)
@@ -195,7 +195,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

@@ -13,14 +13,14 @@ Training: truncated backpropagation through time (TBPTT) across batches, this sc
         gradients clipped.
 Data:   tiny Shakespeare (1,115,394 characters, 65 distinct), downloaded into the top-level
         data/tinyshakespeare/ on first use; the first 90% trains, the last 10% validates
-        (the split char-rnn and nanoGPT report on).
+        (the split nanoGPT reports on).
 Expect: validation loss about 1.49 nats per character (2.15 bits) after the default 6 epochs,
         3-4 minutes in all on a 2-core CPU with native bf16 (benchmarks/README.md). Guessing
         uniformly among the 65 characters scores ln 65 = 4.17.
 
 Run:
     python RNN/lstm_char_lm.py                       # train, printing a sample every epoch
-    python RNN/lstm_char_lm.py --dry-run             # one tiny batch: checks the set-up
+    python RNN/lstm_char_lm.py --dry-run             # a tiny run: checks the set-up
     python RNN/lstm_char_lm.py --generate 500 --prompt "ROMEO:" --temperature 0.8
 
 Writes model.pt (the best epoch's weights, the characters, the settings), metrics.json and
@@ -138,7 +138,7 @@ def train_one_epoch(model, streams, optimizer, scheduler, config):
 # No gradients are needed to evaluate: faster, and less memory.
 @torch.no_grad()
 def evaluate(model, streams, autocast, split):
-    """Loss per character on every character of `streams`, the state carried throughout, in
+    """Loss per character over `streams`, each read from start to end with its state carried, in
     nats (natural log, what cross_entropy returns) and in bits (log base 2)."""
     model.eval()
     total_loss = torch.zeros((), device=streams.device)
@@ -257,7 +257,7 @@ def parse_args(argv=None):
         default=0.8,
         help="below 1: safer, more repetitive text; above 1: wilder (default 0.8)",
     )
-    args = parse_with_common_flags(p, argv, data="tinyshakespeare/")
+    args = parse_with_common_flags(p, argv, data="tinyshakespeare/", fp16=False)
     training = "epochs batch_size lr bptt hidden layers dropout".split()
     if args.generate and any(getattr(args, f) != p.get_default(f) for f in training):
         p.error("--generate uses the checkpoint's settings: drop the training flags")
@@ -340,7 +340,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

@@ -23,7 +23,7 @@ Expect: about 0.90 test accuracy after the default 3 epochs, 1-3 minutes an epoc
 
 Run:
     python RNN/lstm_imdb_tbptt.py             # train with the defaults, writes OUT_DIR/model.pt
-    python RNN/lstm_imdb_tbptt.py --dry-run   # one tiny batch: checks the set-up in seconds
+    python RNN/lstm_imdb_tbptt.py --dry-run   # a tiny run: checks the set-up in seconds
     python RNN/lstm_imdb_tbptt.py --bptt 25   # shorter chunks
     python RNN/lstm_imdb_tbptt.py --predict "A wonderful film." --predict "Far too long."
     echo "One review per line" | python RNN/lstm_imdb_tbptt.py --predict -
@@ -355,11 +355,11 @@ def parse_args(argv=None):
     training = "epochs bptt batch_size lr max_len min_freq max_vocab val_size".split()
     if args.predict and any(getattr(args, f) != p.get_default(f) for f in training):
         p.error("--predict uses the checkpoint's settings: drop the training flags")
-    # One tiny batch through training and evaluation.
+    # A tiny slice of the data through training and evaluation.
     if args.dry_run:
         args.epochs, args.batch_size, args.val_size, args.min_freq = (
             1,
-            min(args.batch_size, 8),
+            min(args.batch_size, 16),
             8,
             1,
         )
@@ -483,7 +483,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

@@ -16,7 +16,7 @@ Expect: GoEmotions test macro-F1 (the mean of the 28 labels' F1, the paper's hea
 
 Run:
     python RNN/lstm_multilabel.py             # GoEmotions, the defaults; writes OUT_DIR/model.pt
-    python RNN/lstm_multilabel.py --dry-run   # one tiny batch: checks the set-up in seconds
+    python RNN/lstm_multilabel.py --dry-run   # a tiny run: checks the set-up in seconds
     python RNN/lstm_multilabel.py --predict "Thank you so much!" --predict "Why would you?"
     echo "One comment per line" | python RNN/lstm_multilabel.py --predict -
 
@@ -65,8 +65,9 @@ JIGSAW_FOLDER = "jigsaw-toxic-comment-classification-challenge"
 JIGSAW_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 # The share of Jigsaw's training file that validates (a seeded draw).
 JIGSAW_VAL_FRACTION = 0.1
-# The vocabulary index of "<unk>", which stands for any word not in the vocabulary.
-UNK = 0
+# The vocabulary index of "<unk>", which stands for any word not in the vocabulary. Nothing is
+# padded here, so there is no "<pad>" and "<unk>" comes first (the IMDB scripts' UNK is 1).
+UNKNOWN = 0
 # The thresholds tried for each label, from high to low, so that a tie goes to the higher one.
 THRESHOLD_GRID = torch.linspace(0.99, 0.01, 99)
 
@@ -90,7 +91,7 @@ def build_vocab(token_lists, min_freq, max_size):
 
 def encode(tokens, index, max_len):
     """Token ids of the last max_len tokens; unknown words (or no words at all) are <unk>."""
-    return torch.tensor([index.get(token, UNK) for token in tokens[-max_len:]] or [UNK])
+    return torch.tensor([index.get(token, UNKNOWN) for token in tokens[-max_len:]] or [UNKNOWN])
 
 
 def batches(sequences, targets, batch_size, generator=None):
@@ -377,7 +378,7 @@ def parse_args(argv=None):
         flags = " ".join("--" + name.replace("_", "-") for name in given)
         sys.exit(f"error: {flags}: not with --predict (it takes --checkpoint, --out-dir, --device)")
     if args.dry_run:
-        args.epochs, args.batch_size, args.min_freq = 1, min(args.batch_size, 8), 1
+        args.epochs, args.batch_size, args.min_freq = 1, min(args.batch_size, 16), 1
     return args
 
 
@@ -566,7 +567,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

@@ -13,7 +13,7 @@ Expect: about 0.9 validation accuracy after the default 17 epochs, about 2 s an
 
 Run:
     python RNN/lstm_net_counting_chars.py             # train with the defaults
-    python RNN/lstm_net_counting_chars.py --dry-run   # one tiny batch: checks the set-up in seconds
+    python RNN/lstm_net_counting_chars.py --dry-run   # a tiny run: checks the set-up in seconds
     python RNN/lstm_net_counting_chars.py --help      # every flag
 
 Writes metrics.json, curves.png and model.pt into --out-dir. To use the trained model:
@@ -241,11 +241,11 @@ def parse_args(argv=None):
     add("--train-size", type=positive(int), default=1000, help="training sequences (default 1000)")
     add("--val-size", type=positive(int), default=200, help="validation sequences (default 200)")
     args = parse_with_common_flags(p, argv, data=None)
-    # One tiny batch through training and evaluation.
+    # A tiny slice of the data through training and evaluation.
     if args.dry_run:
         args.epochs, args.batch_size, args.train_size, args.val_size = (
             1,
-            min(args.batch_size, 8),
+            min(args.batch_size, 16),
             16,
             8,
         )
@@ -277,7 +277,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

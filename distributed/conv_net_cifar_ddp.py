@@ -1,10 +1,11 @@
 """The CIFAR-10 CNN of conv_net_cifar.py, trained data-parallel: many processes, GPUs or machines.
 
-Model:  the same small CNN, optimiser (SGD, momentum, weight decay), one-cycle schedule and
-        flips as conv_net_cifar.py; read the two side by side. What is new here is how the
-        work is shared: every process (a "rank") holds a full copy of the model and trains on
-        its own slice of each batch; DistributedDataParallel (DDP) averages the gradients of
-        all ranks during backward, so every copy takes the same step and stays identical.
+Model:  the same layers, optimiser (SGD, momentum, weight decay), one-cycle schedule and
+        flips as conv_net_cifar.py (the inputs normalised when loaded, not inside the model);
+        read the two side by side. What is new here is how the work is shared: every process
+        (a "rank") holds a full copy of the model and trains on its own slice of each batch;
+        DistributedDataParallel (DDP) averages the gradients of all ranks during backward, so
+        every copy takes the same step and stays identical.
 Data:   CIFAR-10 as in conv_net_cifar.py; one process per machine downloads it, the others wait.
 Expect: about 0.71 test accuracy after the default 5 epochs, with 1 process or many: --batch-size
         is the global batch, so the steps and the result do not depend on the process count.
@@ -22,7 +23,8 @@ torchrun starts one process per GPU (NCCL) or, without GPUs, per share of the CP
 Rank 0 writes metrics.json, curves.png, model.pt and, after every epoch, snapshot.pt into
 --out-dir; a run finding snapshot.pt there resumes after its last epoch (delete it to start
 afresh). So under --max-restarts a crashed worker costs at most the epoch it was in.
-To use the trained model (the ConvNet class is in this file and in conv_net_cifar.py):
+To use the trained model (the ConvNet class of this file: conv_net_cifar.py's layers, for inputs
+normalised as load_cifar10() does here):
     checkpoint = torch.load("runs/conv_net_cifar_ddp/model.pt", weights_only=True)
     model = ConvNet()
     model.load_state_dict(checkpoint["weights"])
@@ -266,7 +268,7 @@ def parse_args(argv=None):
         help="seconds to wait for the other processes to join or answer (default 300)",
     )
     args = parse_with_common_flags(p, argv, data="cifar-10-batches-py/")
-    # One tiny batch through training and evaluation; no snapshot.
+    # A tiny slice of the data through training and evaluation; no snapshot.
     if args.dry_run:
         args.epochs, args.batch_size = 1, min(args.batch_size, 16)
     return args
@@ -509,7 +511,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

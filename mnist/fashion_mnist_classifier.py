@@ -11,7 +11,7 @@ Expect: about 0.89 test accuracy after the default 10 epochs, under 2 s an epoch
 
 Run:
     python mnist/fashion_mnist_classifier.py             # train with the defaults
-    python mnist/fashion_mnist_classifier.py --dry-run   # one tiny batch: checks the set-up
+    python mnist/fashion_mnist_classifier.py --dry-run   # a tiny run: checks the set-up
     python mnist/fashion_mnist_classifier.py --eval-only \\
         --checkpoint runs/fashion_mnist_classifier/model.pt
 
@@ -296,7 +296,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

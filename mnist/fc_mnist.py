@@ -3,12 +3,12 @@
 Model:  28x28 pixels flattened to 784 -> Linear(784, 50) -> ReLU -> Linear(50, 10); Adam.
 Data:   MNIST: 60,000 training and 10,000 test images of handwritten digits, downloaded by
         torchvision into the top-level data/ folder on first use.
-Expect: test accuracy about 0.95 after the default single epoch, which trains in 1-2 s on a
+Expect: test accuracy about 0.95 after the default single epoch, which trains in about 1 s on a
         2-core CPU (benchmarks/README.md).
 
 Run:
     python mnist/fc_mnist.py             # train with the defaults
-    python mnist/fc_mnist.py --dry-run   # one tiny batch: checks the set-up in seconds
+    python mnist/fc_mnist.py --dry-run   # a tiny run: checks the set-up in seconds
     python mnist/fc_mnist.py --help      # every flag
 
 Writes metrics.json, curves.png and model.pt into --out-dir. To use the trained model:
@@ -212,7 +212,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

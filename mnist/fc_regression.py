@@ -3,7 +3,8 @@
 Model:  a single neuron, Linear(784, 1), or with --hidden 10 a small net
         Linear(784, 10) -> ReLU -> Linear(10, 1). It outputs one number, trained with
         mean squared error (MSE) to equal the digit's value (SGD, lr 0.01, momentum 0.9).
-        A prediction counts as correct when the output, rounded, equals the label.
+        A prediction counts as correct when the output, rounded and clamped to 0..9, equals
+        the label.
 Data:   MNIST (28x28 images of handwritten digits), downloaded by torchvision into the
         top-level data/ folder on first use; pixels scaled to [0, 1].
 Expect: accuracy stalls at about 0.2 for one neuron and about 0.30 with --hidden 10,
@@ -18,7 +19,7 @@ then reaches over 0.95.
 
 Run:
     python mnist/fc_regression.py              # train with the defaults
-    python mnist/fc_regression.py --dry-run    # one tiny batch: checks the set-up in seconds
+    python mnist/fc_regression.py --dry-run    # a tiny run: checks the set-up in seconds
     python mnist/fc_regression.py --hidden 10  # ten hidden units instead of one neuron
 
 Writes metrics.json, curves.png and model.pt into --out-dir. To use the trained model:
@@ -209,7 +210,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

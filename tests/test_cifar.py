@@ -173,6 +173,50 @@ def test_image_folder_trains_end_to_end(tmp_path, script_env):
     assert set(metrics["per_class_accuracy"]) == set(CLASSES)
     checkpoint = torch.load(out / "model.pt", weights_only=True)
     assert checkpoint["classes"] == CLASSES and checkpoint["config"]["num_classes"] == 3
+    # The saved model, asked about a file and a folder of images of any size and mode.
+    one_file = next((folder / "test" / CLASSES[1]).iterdir())
+    predict = [sys.executable, str(REPO / "conv_net_cifar.py"), "--out-dir", str(out), "--predict"]
+    result = subprocess.run(
+        [*predict, str(one_file), str(folder / "test" / CLASSES[2])],
+        env=script_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if ".png: " in line]
+    assert len(lines) == 1 + 12
+    for line in lines:
+        # The three likeliest classes, each with its probability, likeliest first.
+        guesses = line.split(": ", 1)[1].split(", ")
+        assert [g.split()[0] for g in guesses] and {g.split()[0] for g in guesses} <= set(CLASSES)
+        chances = [float(g.split()[1]) for g in guesses]
+        assert (
+            len(chances) == 3 and chances == sorted(chances, reverse=True) and sum(chances) <= 1.002
+        )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--predict", "photo.jpg"], "error: no model at"),
+        (["--predict", "photo.jpg", "--checkpoint", "{not_a_model}"], "is not a model.pt"),
+        (["--predict", "{model}", "--checkpoint", "{model}"], "is not a model.pt"),
+        (["--predict", "photo.jpg", "--epochs", "3"], "drop the training flags"),
+    ],
+)
+def test_predict_without_a_usable_model_is_one_line(flags, message, tmp_path, capsys):
+    module = load_script("conv_net_cifar.py")
+    not_a_model = tmp_path / "notes.txt"
+    not_a_model.write_text("not a model")
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    flags = [f.format(not_a_model=not_a_model, model=not_a_model) for f in flags]
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([*flags, "--out-dir", str(tmp_path / "out")])
+    if exit_info.value.code == 2:  # argparse: its usage, then the one-line reason
+        assert message in capsys.readouterr().err
+    else:
+        assert message in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
 
 
 def test_image_folder_and_data_dir_together_are_refused(tmp_path, capsys):

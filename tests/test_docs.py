@@ -179,3 +179,33 @@ def test_no_doc_speaks_of_how_the_project_is_made():
     for path in MARKDOWN + all_scripts():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not pattern.search(line), f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+
+
+def seconds(value):
+    """How the top table writes a time: one decimal under 10 s, whole seconds above."""
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def test_the_top_table_quotes_the_benchmark():
+    """Each script's row in README.md gives the figure, the seconds per epoch and the total
+    seconds of its row in benchmarks/results-cpu.json (for the DDP script, 1 process)."""
+    results = json.loads((REPO / "benchmarks" / "results-cpu.json").read_text())["results"]
+    measured = {}
+    for result in results:
+        measured.setdefault(result["script"], result)
+    readme = (REPO / "README.md").read_text()
+    for script in all_scripts():
+        path = str(script.relative_to(REPO))
+        row = next(line for line in readme.splitlines() if line.startswith(f"| [`{path}`]"))
+        figure_cell, time_cell = row.strip("| ").split(" | ")[-2:]
+        result = measured[path]
+        assert figure_cell.startswith(f"{result['value']:.3f} "), (path, figure_cell)
+        expected = (
+            f"{seconds(result['epoch_seconds'])} s/epoch, {result['wall_seconds']:.0f} s in all"
+        )
+        assert time_cell == expected, (path, time_cell, expected)
+
+
+def test_the_benchmark_readme_holds_the_measured_table():
+    table = (REPO / "benchmarks" / "results-cpu.md").read_text().strip()
+    assert table in (REPO / "benchmarks" / "README.md").read_text()

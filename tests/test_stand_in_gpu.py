@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.optim.optimizer as optimizer_module
+from PIL import Image
 from torch.overrides import TorchFunctionMode
 
 from conftest import REPO, all_scripts, load_script, takes_data_dir
@@ -204,6 +205,7 @@ MODES = [
     ("transformer/transformer_imdb.py", ["--predict", "A wonderful film."]),
     ("RNN/lstm_char_lm.py", ["--generate", "20", "--prompt", "ROMEO:"]),
     ("mnist/fashion_mnist_classifier.py", ["--eval-only", "--checkpoint", "{out}/model.pt"]),
+    ("conv_net_cifar.py", ["--predict", "{image}"]),
 ]
 
 
@@ -211,7 +213,9 @@ MODES = [
 def test_other_modes_on_the_stand_in_gpu(script, flags, data_dir, tmp_path, stand_in_gpu, capsys):
     _, out_dir = run(script, ["--dry-run"], data_dir, tmp_path, stand_in_gpu)
     module = load_script(script)
-    flags = [flag.replace("{out}", str(out_dir)) for flag in flags]
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(image)
+    flags = [flag.replace("{out}", str(out_dir)).replace("{image}", str(image)) for flag in flags]
     data = ["--data-dir", str(data_dir)] if "--eval-only" in flags else []
     module.main([*flags, *data, "--out-dir", str(out_dir)])
     assert "device: meta" in capsys.readouterr().out

@@ -17,7 +17,7 @@ Expect: about 0.88 test accuracy after the default 2 epochs (the LSTM gets about
 
 Run:
     python transformer/transformer_imdb.py             # train; writes OUT_DIR/model.pt
-    python transformer/transformer_imdb.py --dry-run   # one tiny batch: checks the set-up
+    python transformer/transformer_imdb.py --dry-run   # a tiny run: checks the set-up
     python transformer/transformer_imdb.py --help      # every flag
     python transformer/transformer_imdb.py --predict "A wonderful film." --predict "Far too long."
     echo "One review per line" | python transformer/transformer_imdb.py --predict -
@@ -512,11 +512,11 @@ def parse_args(argv=None):
         p.error(f"argument --dropout: must be in [0, 1), got {args.dropout}")
     if not 0 <= args.ema < 1:
         p.error(f"argument --ema: must be in [0, 1), got {args.ema}")
-    # One tiny batch through training and evaluation.
+    # A tiny slice of the data through training and evaluation.
     if args.dry_run:
         args.epochs, args.batch_size, args.val_size, args.min_freq = (
             1,
-            min(args.batch_size, 8),
+            min(args.batch_size, 16),
             8,
             1,
         )
@@ -672,7 +672,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on one tiny batch, then exit")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="train and evaluate on a tiny slice of the data, then exit",
+    )
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
