@@ -219,11 +219,7 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
     add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add(
-        "--dry-run",
-        action="store_true",
-        help="train and evaluate on a tiny slice of the data, then exit",
-    )
+    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
     args = p.parse_args(argv)
     signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args

@@ -185,35 +185,25 @@ def test_the_weight_average_moves_towards_the_model_by_one_minus_decay():
         torch.testing.assert_close(averaged, weight)
 
 
-def train_tiny(data_dir, out_dir, *flags):
-    transformer.main(["--dry-run", *flags, "--data-dir", str(data_dir), "--out-dir", str(out_dir)])
-    return torch.load(out_dir / "model.pt", weights_only=True)
-
-
-@pytest.mark.parametrize("ema", [0.0, 1 - 1e-7], ids=["no averaging", "average barely moves"])
-def test_the_saved_average_holds_no_starting_weights(ema, data_dir, tmp_path):
-    """The average copies the model until the warm-up ends: even with a decay of almost 1, what
-    is saved has left the random starting weights."""
-    saved = train_tiny(data_dir, tmp_path, "--ema", str(ema))
+@pytest.mark.parametrize("ema", [0.0, 1 - 1e-7], ids=["no averaging", "average stays at start"])
+def test_the_checkpoint_holds_the_weight_average(ema, data_dir, tmp_path):
+    """With a decay of almost 1 the average barely leaves the starting weights, so that is what
+    training must save; with decay 0 it saves the trained weights, which have moved."""
+    flags = [
+        "--dry-run",
+        "--ema",
+        str(ema),
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(tmp_path),
+    ]
+    transformer.main(flags)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
     torch.manual_seed(0)  # the default seed: the same starting weights as the run's
     config = saved["config"]
     start = transformer.SentimentTransformer(
         len(saved["vocab"]), config["max_len"], **config["model"]
     )
     moved = max((saved["weights"][n] - p).abs().max().item() for n, p in start.named_parameters())
-    assert moved > 1e-3
-
-
-def test_the_average_starts_when_the_warm_up_ends(data_dir, tmp_path, monkeypatch):
-    decays = []
-    update_average = transformer.update_average
-
-    def recording(average, model, decay):
-        decays.append(decay)
-        update_average(average, model, decay)
-
-    monkeypatch.setattr(transformer, "update_average", recording)
-    train_tiny(data_dir, tmp_path, "--ema", "0.9", "--batch-size", "1")
-    # One step a review: 10% of the steps warm up, copying the model; then the average moves.
-    warmup = max(len(decays) // 10, 1)
-    assert len(decays) >= 10 and decays == [0.0] * warmup + [0.9] * (len(decays) - warmup)
+    assert (moved < 1e-5) if ema else (moved > 1e-3)
