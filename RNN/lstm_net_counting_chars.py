@@ -283,9 +283,8 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
+# An argparse type: a number of `kind` above zero.
 def positive(kind):
-    """An argparse type: a number of `kind` above zero."""
-
     def parse(text):
         with contextlib.suppress(ValueError):
             if kind(text) > 0:
@@ -307,20 +306,16 @@ def pick_device_and_precision(args, fp16=True):
             sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    # Native bf16: NVIDIA GPUs from Ampere on, Intel GPUs, CPUs with AVX-512 BF16 or AMX (others
-    # only emulate it, slower than fp32).
-    native, cuda = False, device.type == "cuda"
+    # Native bf16: Ampere+ NVIDIA GPUs, Intel GPUs, CPUs with AVX-512 BF16 or AMX (not emulated).
+    kind, cpu, native = device.type, torch.cpu, False
     with contextlib.suppress(Exception):
-        native = (
-            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-            if device.type == "cpu"
-            else getattr(torch, device.type).is_bf16_supported(False)
-        )
-    best = "bf16" if native else "fp16" if cuda and fp16 else "fp32"
+        cpu_bf16 = cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
+        native = cpu_bf16 if kind == "cpu" else getattr(torch, kind).is_bf16_supported(False)
+    best = "bf16" if native else "fp16" if kind == "cuda" and fp16 else "fp32"
     precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and device.type != "cpu" and not native:
+    if precision == "bf16" and kind != "cpu" and not native:
         sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
-    name = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name() if kind == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
     args.device, args.precision = device, precision
 
