@@ -378,7 +378,8 @@ def parse_args(argv=None):
         flags = " ".join("--" + name.replace("_", "-") for name in given)
         sys.exit(f"error: {flags}: not with --predict (it takes --checkpoint, --out-dir, --device)")
     if args.dry_run:
-        args.epochs, args.batch_size, args.min_freq = 1, min(args.batch_size, 16), 1
+        args.epochs, args.min_freq = 1, 1
+        args.batch_size = min(args.batch_size, 16)
     return args
 
 

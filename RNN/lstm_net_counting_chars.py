@@ -243,12 +243,8 @@ def parse_args(argv=None):
     args = parse_with_common_flags(p, argv, data=None)
     # A tiny slice of the data through training and evaluation.
     if args.dry_run:
-        args.epochs, args.batch_size, args.train_size, args.val_size = (
-            1,
-            min(args.batch_size, 16),
-            16,
-            8,
-        )
+        args.epochs, args.train_size, args.val_size = 1, 16, 8
+        args.batch_size = min(args.batch_size, 16)
     return args
 
 

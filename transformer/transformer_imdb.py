@@ -513,12 +513,8 @@ def parse_args(argv=None):
         p.error(f"argument --ema: must be in [0, 1), got {args.ema}")
     # A tiny slice of the data through training and evaluation.
     if args.dry_run:
-        args.epochs, args.batch_size, args.val_size, args.min_freq = (
-            1,
-            min(args.batch_size, 16),
-            8,
-            1,
-        )
+        args.epochs, args.val_size, args.min_freq = 1, 8, 1
+        args.batch_size = min(args.batch_size, 16)
     return args
 
 
