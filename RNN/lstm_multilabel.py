@@ -9,7 +9,8 @@ Data:   GoEmotions (Demszky et al., ACL 2020): 58,009 Reddit comments with one o
         the best epoch and one threshold per label; the test split is used once, at the end.
         Or, with --dataset jigsaw, Kaggle's Jigsaw Toxic Comment Classification Challenge
         (159,571 training comments, 6 labels; Kaggle needs an account, so its files are put in
-        place by hand: the script says how).
+        place by hand: the script says how). Or your own comments: --csv FILE, a CSV file
+        with a text column and one 0/1 column per label (RNN/README.md, "Train on your own text").
 Expect: GoEmotions test macro-F1 (the mean of the 28 labels' F1, the paper's headline; BERT-base
         reached 0.46) 0.46-0.48 after the default 4 epochs, 10-20 s an epoch and 1-2 minutes
         in all on a 2-core CPU (RNN/README.md has measured figures); rare labels score lowest.
@@ -19,6 +20,7 @@ Run:
     python RNN/lstm_multilabel.py --dry-run   # a tiny run: checks the set-up in seconds
     python RNN/lstm_multilabel.py --predict "Thank you so much!" --predict "Why would you?"
     echo "One comment per line" | python RNN/lstm_multilabel.py --predict -
+    python RNN/lstm_multilabel.py --csv comments.csv --text-column text   # your own labels
 
 Writes model.pt, metrics.json, curves.png and labels.png (each label's test F1 beside its share
 of the training comments) into --out-dir. To use the model elsewhere:
@@ -63,8 +65,8 @@ GOEMOTIONS_LABELS = (
 ).split()
 JIGSAW_FOLDER = "jigsaw-toxic-comment-classification-challenge"
 JIGSAW_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
-# The share of Jigsaw's training file that validates (a seeded draw).
-JIGSAW_VAL_FRACTION = 0.1
+# The share of a training file (Jigsaw's, or --csv's) that validates (a seeded draw).
+VAL_FRACTION = 0.1
 # The vocabulary index of "<unk>", which stands for any word not in the vocabulary. Nothing is
 # padded here, so there is no "<pad>" and "<unk>" comes first (the IMDB scripts' UNK is 1).
 UNKNOWN = 0
@@ -299,13 +301,18 @@ def main(argv=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
     # What model.pt holds besides the weights and thresholds (weights_only=True loads it: only
     # tensors, strings and numbers, unlike a pickled model, whose loading could run any code).
-    contents = dict(vocab=vocab, labels=labels, config=config | dict(dataset=args.dataset))
+    dataset = str(args.csv or args.dataset)
+    contents = dict(vocab=vocab, labels=labels, config=config | dict(dataset=dataset))
     model_path.parent.mkdir(parents=True, exist_ok=True)
 
     history, best_epoch = [], None
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         epoch_batches = list(batches(*train_data, args.batch_size, generator))
+        # GoEmotions' defaults take 2,700 steps; a small file of comments may give a tenth of that.
+        steps = args.epochs * len(epoch_batches)
+        if epoch == 1 and steps < 1000 and not args.dry_run:
+            print(f"note: only {steps} training steps; for few comments try more --epochs")
         # disable=None: a progress bar on a terminal only, not in a log file.
         epoch_batches = tqdm(epoch_batches, disable=None)
         train_figures = train_one_epoch(
@@ -370,6 +377,12 @@ def parse_args(argv=None):
     add("--checkpoint", type=Path, help="written, or read by --predict (default OUT_DIR/model.pt)")
     about = "label TEXT with the checkpoint (repeatable); '-': one text a line from stdin"
     add("--predict", action="append", metavar="TEXT", help=about)
+    about = "your own comments instead of a dataset: a UTF-8 CSV file with a header row, a text "
+    about += "column, and as labels every other column that holds only 0 and 1"
+    add("--csv", type=Path, metavar="FILE", help=about)
+    about = "the test comments for --csv, same columns (default: a seeded fifth of FILE)"
+    add("--test-csv", type=Path, metavar="FILE", help=about)
+    add("--text-column", default="text", help="the CSV files' column of texts (default 'text')")
     args = parse_with_common_flags(p, argv, data=f"goemotions/ or {JIGSAW_FOLDER}/")
     # --predict reads everything else from the checkpoint: a training flag with it is a mistake.
     allowed = ("predict", "checkpoint", "out_dir", "device")
@@ -377,6 +390,10 @@ def parse_args(argv=None):
     if args.predict and given:
         flags = " ".join("--" + name.replace("_", "-") for name in given)
         sys.exit(f"error: {flags}: not with --predict (it takes --checkpoint, --out-dir, --device)")
+    if not args.csv and {"test_csv", "text_column"} & set(given):
+        p.error("--test-csv and --text-column go with --csv")
+    if args.csv and {"dataset", "data_dir"} & set(given):
+        p.error("--dataset and --data-dir choose a dataset: drop them with --csv")
     if args.dry_run:
         args.epochs, args.min_freq = 1, 1
         args.batch_size = min(args.batch_size, 16)
@@ -395,7 +412,12 @@ def read_texts(predict_args):
 
 def load_dataset(args):
     """(train, validation, test), each (texts, multi-hot targets); and the label names."""
-    if args.dataset == "goemotions":
+    if args.csv:
+        (train, labels), test = read_label_csv(args.csv, args.text_column), None
+        if args.test_csv:
+            test = read_label_csv(args.test_csv, args.text_column, labels)[0]
+        splits = split_csv(train, test, args.seed)
+    elif args.dataset == "goemotions":
         folder = get_goemotions(args.data_dir)
         splits = [read_goemotions(folder / f"{name}.tsv") for name in ("train", "dev", "test")]
         labels = GOEMOTIONS_LABELS
@@ -421,23 +443,29 @@ def get_goemotions(data_dir):
     except OSError as err:
         urls = " ".join(GOEMOTIONS_URL + name for name in missing)
         sys.exit(f"error: could not download GoEmotions ({err!r}): put {urls} in {folder}/")
-    if read_file(folder / "emotions.txt").split() != GOEMOTIONS_LABELS:
+    if read_utf8(folder / "emotions.txt").split() != GOEMOTIONS_LABELS:
         sys.exit(f"error: {folder / 'emotions.txt'} does not list the 28 GoEmotions labels")
     return folder
 
 
-def read_file(path):
+def read_utf8(path):
+    """A file's text, or a one-line error naming the file, and the line that is not UTF-8."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        sys.exit(f"error: could not read {path} ({err!r})")
+        data = path.read_bytes()
+        # utf-8-sig: also UTF-8 with the byte-order mark some editors (and Excel) put first.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        sys.exit(f"error: {path} line {line} is not UTF-8 text: save it as UTF-8")
+    except OSError as err:
+        sys.exit(f"error: could not read {path} ({type(err).__name__}: {err.strerror})")
 
 
 def read_goemotions(path):
     """(texts, targets) of a GoEmotions .tsv file."""
     texts = []
     # Split at "\n" only: splitlines() would also split at the "\x85" or "\u2028" of a text.
-    lines = read_file(path).removesuffix("\n").split("\n")
+    lines = read_utf8(path).removesuffix("\n").split("\n")
     targets = torch.zeros(len(lines), len(GOEMOTIONS_LABELS))
     for number, line in enumerate(lines, 1):
         fields = line.split("\t")
@@ -463,9 +491,67 @@ def read_jigsaw(folder, seed):
     test = [(text, labels) for text, labels in test if -1 not in labels]
     train = list(train.values())
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-    val_size = round(JIGSAW_VAL_FRACTION * len(train))
+    val_size = round(VAL_FRACTION * len(train))
     splits = [[train[k] for k in order[val_size:]], [train[k] for k in order[:val_size]], test]
     return [([x for x, _ in rows], torch.tensor([y for _, y in rows]).float()) for rows in splits]
+
+
+def read_label_csv(path, text_column, labels=None):
+    """((texts, multi-hot targets), label names) of a CSV file: its text column, and as labels
+    every other column holding only 0 and 1 (unless the labels are given: the training file's)."""
+    try:
+        rows = csv.reader(io.StringIO(read_utf8(path), newline=""))
+        header = next(rows, [])
+        if text_column not in header:
+            sys.exit(
+                f"error: {path} has no column {text_column!r}; its columns: {header} "
+                "(choose with --text-column)"
+            )
+        texts, fields = [], []
+        for row in rows:
+            if len(row) != len(header):
+                sys.exit(
+                    f"error: {path} line {rows.line_num}: {len(row)} fields, not {len(header)}"
+                )
+            if not row[header.index(text_column)].strip():
+                sys.exit(f"error: {path} line {rows.line_num} has no text: fill it in or drop it")
+            texts.append(row[header.index(text_column)])
+            fields.append(row)
+    except csv.Error as err:
+        sys.exit(f"error: {path} line {rows.line_num} is not valid CSV ({err})")
+    columns = {name: [row[k].strip() for row in fields] for k, name in enumerate(header)}
+    del columns[text_column]
+    if labels is None:
+        labels = [name for name, values in columns.items() if set(values) <= {"0", "1"}]
+        if others := [name for name in columns if name not in labels]:
+            print(f"{path.name}: not labels (values other than 0 and 1): {', '.join(others)}")
+        if not labels:
+            sys.exit(f"error: {path} has no column of 0s and 1s besides {text_column!r}: no labels")
+        for name in labels:
+            if len(set(columns[name])) < 2:
+                sys.exit(
+                    f"error: the label column {name!r} of {path} holds one value only "
+                    f"({columns[name][0]}): nothing to learn it from; drop the column"
+                )
+    for name in labels:
+        if name not in columns or not set(columns[name]) <= {"0", "1"}:
+            sys.exit(f"error: {path}: the label column {name!r} is missing or holds more than 0/1")
+    targets = torch.tensor([[int(v) for v in columns[name]] for name in labels]).T.float()
+    return (texts, targets.view(len(texts), len(labels))), labels
+
+
+def split_csv(train, test, seed):
+    """(train, validation, test) from --csv's rows: validation a seeded tenth of the training
+    rows; without --test-csv, test a seeded fifth of them, first."""
+    texts, targets = train
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    test_size = 0 if test else len(texts) // 5
+    if test is None:
+        print(f"no --test-csv: {test_size} training comments (seeded) are the test set")
+    val_size = round(VAL_FRACTION * (len(texts) - test_size))
+    parts = order[test_size + val_size :], order[test_size : test_size + val_size]
+    splits = [([texts[k] for k in part], targets[part]) for part in parts]
+    return [*splits, test or ([texts[k] for k in order[:test_size]], targets[order[:test_size]])]
 
 
 def read_kaggle_csv(folder, name, columns):

@@ -28,6 +28,14 @@ GOEMOTIONS_LABELS = (
 ).split()
 JIGSAW_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 JIGSAW_ROWS = {"train": 64, "test": 24}
+# Your own texts: three classes, each text naming its class's topic, as a folder per class or
+# as a CSV file (lstm_imdb.py --text-folder, --csv).
+OWN_CLASSES = {
+    "cooking": "Stir the soup and taste it, café style",
+    "sport": "The team scored a late goal in the match",
+    "weather": "Rain and wind tomorrow, a cold front",
+}
+OWN_PER_CLASS = {"train": 12, "test": 4}
 
 
 def pixel_value(index):
@@ -114,6 +122,56 @@ def write_aclimdb(root):
             folder.mkdir(parents=True)
             for i in range(count):
                 (folder / f"{i}_{rating}.txt").write_text(imdb_review(split, label, i))
+
+
+def own_text(name, index):
+    return f"Note {index}: {OWN_CLASSES[name]} ({'!' * (index % 3)})"
+
+
+def own_texts(split):
+    """[(text, class name)] of a split of the own-texts fixture."""
+    return [(own_text(name, i), name) for name in OWN_CLASSES for i in range(OWN_PER_CLASS[split])]
+
+
+def write_text_folder(root, splits=("train", "test")):
+    """root/SPLIT/CLASS/NUMBER.txt, one text a file; the first file with a UTF-8 byte-order
+    mark, the second with Windows line ends, as editors write them."""
+    for split in splits:
+        for number, (text, name) in enumerate(own_texts(split)):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            data = text.encode("utf-8-sig" if number == 0 else "utf-8")
+            (folder / f"{number}.txt").write_bytes(data.replace(b"\n", b"\r\n") + b"\r\n")
+    return Path(root)
+
+
+def write_text_csv(path, split, columns=("id", "text", "label")):
+    """A CSV file of a split of the own-texts fixture; the texts hold commas, quotes, a line break."""
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(columns)
+        for number, (text, name) in enumerate(own_texts(split)):
+            quoted = f'{text}, "really"\nsecond line' if number % 5 == 0 else text
+            row = {"id": number, "label": name}
+            # Any other column (a text column by another name) holds the text.
+            writer.writerow([row.get(column, quoted) for column in columns])
+    return Path(path)
+
+
+def write_label_csv(path, split):
+    """A CSV file of the own texts with a 0/1 column per class (multilabel): every third text
+    also has the next class's words and label. An id column that is not a label comes first."""
+    names = list(OWN_CLASSES)
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["id", "text", *names])
+        for number, (text, name) in enumerate(own_texts(split)):
+            on = {name}
+            if number % 3 == 0:
+                on.add(names[(names.index(name) + 1) % len(names)])
+                text = " ".join(OWN_CLASSES[n] for n in on)
+            writer.writerow([f"row{number}", text, *(int(n in on) for n in names)])
+    return Path(path)
 
 
 def goemotions_labels(index):
