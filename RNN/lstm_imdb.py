@@ -6,7 +6,7 @@ Model:  word embedding (100) -> dropout -> 1-layer LSTM (hidden 256) -> dropout 
 Data:   IMDB (Large Movie Review Dataset: 25,000 training and 25,000 test reviews, half
         positive), downloaded into the top-level data/ folder on first use. A seeded split
         of --val-size training reviews picks the best epoch; the test reviews are used
-        once, at the end. Reviews are cut to their last --max-len words (many end with
+        once, at the end. Reviews are cut to their last --max-len tokens (many end with
         their verdict); the text pipeline is plain Python, no torchtext (README explains).
 Expect: about 0.90 test accuracy after the default 5 epochs, 1-2 minutes an epoch and
         5-8 minutes in all on a 2-core CPU (benchmarks/README.md).
@@ -75,7 +75,7 @@ def tokenize(text):
 
 
 def build_vocab(token_lists, min_freq, max_size):
-    """Words of the training reviews, most frequent first: index 0 is <pad>, 1 is <unk>."""
+    """Words of the training texts, most frequent first: index 0 is <pad>, 1 is <unk>."""
     counts = Counter(token for tokens in token_lists for token in tokens)
     words = [word for word, count in counts.most_common() if count >= min_freq]
     return ["<pad>", "<unk>"] + words[: max(max_size - 2, 0)]
@@ -132,7 +132,7 @@ class SentimentLSTM(nn.Module):
         with torch.autocast("cuda", enabled=False):
             # (batch, time, hidden)
             outputs, _ = self.lstm(embedded)
-        # Read each review at its own last word, not at the padded end, so padding never changes
+        # Read each text at its own last word, not at the padded end, so padding never changes
         # a prediction. For a one-directional LSTM over right-padded batches, gathering that
         # position is exact, and much faster on a CPU than pack_padded_sequence
         # (5-7x for a batch of 32 reviews on a 2-core CPU).
@@ -189,8 +189,10 @@ def evaluate(model, loader, autocast, split, classes=None):
     figures = {f"{split}_accuracy": int(confusion.trace()) / count}
     figures[f"{split}_loss"] = float(total_loss) / count
     if classes:
-        per_class = confusion.diag() / confusion.sum(1).clamp(min=1)
-        figures["per_class_accuracy"] = dict(zip(classes, per_class.tolist()))
+        # The share of each class's texts predicted as that class (None: no texts of the class).
+        right, total = confusion.diag().tolist(), confusion.sum(1).tolist()
+        per_class = [r / t if t else None for r, t in zip(right, total)]
+        figures["per_class_accuracy"] = dict(zip(classes, per_class))
     return figures
 
 
@@ -234,7 +236,7 @@ def main(argv=None):
 
     train_texts, train_labels, test_texts, test_labels, classes = load_data(args)
     # A tenth of the training texts, at most 2,500, picks the best epoch.
-    args.val_size = args.val_size or min(len(train_texts) // 10, 2500)
+    args.val_size = args.val_size or max(1, min(len(train_texts) // 10, 2500))
     if not 0 < args.val_size < len(train_texts):
         sys.exit(f"error: --val-size must be between 1 and {len(train_texts) - 1}")
     order = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed))
@@ -283,7 +285,8 @@ def main(argv=None):
     model, _, _ = load_checkpoint(model_path, args.device)
     test_figures = evaluate(model, batches(*test_data, 256), autocast, "test", classes)
     for name, accuracy in test_figures["per_class_accuracy"].items():
-        print(f"  accuracy of {name:>{max(map(len, classes))}s}: {accuracy:6.1%}")
+        shown = "no test texts" if accuracy is None else f"{accuracy:6.1%}"
+        print(f"  accuracy of {name:>{max(map(len, classes))}s}: {shown}")
     write_metrics(args, history, **test_figures, vocab_size=len(vocab))
     save_plots(history, args.out_dir)
 
@@ -297,13 +300,13 @@ def parse_args(argv=None):
     add("--epochs", type=positive(int), default=5, help="passes over the training set (default 5)")
     # Small batches: on a 2-core CPU an LSTM epoch took about as long at 32 reviews a step as
     # at 256, and 32 gives 8x the optimiser steps for the same time.
-    add("--batch-size", type=positive(int), default=32, help="reviews per step (default 32)")
+    add("--batch-size", type=positive(int), default=32, help="texts per step (default 32)")
     add("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default 2e-3)")
     add(
         "--max-len",
         type=positive(int),
         default=400,
-        help="keep the last MAX_LEN tokens of a review (default 400; 81%% of reviews are shorter)",
+        help="keep the last MAX_LEN tokens of a text (default 400; 81%% of IMDB's are shorter)",
     )
     # On IMDB the --max-vocab cap binds first (its 10,000th word is seen about 30 times); on a
     # few thousand short texts, words seen twice still help (0.813 against 0.790 with 10).
@@ -378,7 +381,7 @@ def read_texts(predict_args):
         return predict_args
     texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not texts:
-        sys.exit("error: --predict - read no text from standard input: give one review per line")
+        sys.exit("error: --predict - read no text from standard input: give one text per line")
     return texts
 
 
@@ -444,7 +447,9 @@ def read_text_folder(folder, classes=None):
     """Texts, labels and class names of folder/<class>/*.txt; the classes are the sub-folders'
     names in sorted order, unless given (then other sub-folders are not read)."""
     if classes is None:
-        found = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+        # Hidden folders (.ipynb_checkpoints/ and the like) are not classes.
+        subfolders = folder.iterdir() if folder.is_dir() else []
+        found = sorted(d.name for d in subfolders if d.is_dir() and not d.name.startswith("."))
         if len(found) < 2:
             sys.exit(f"error: {folder}/ needs a sub-folder of .txt files per class, two at least")
         classes = found

@@ -146,7 +146,7 @@ def write_text_folder(root, splits=("train", "test")):
 
 
 def write_text_csv(path, split, columns=("id", "text", "label")):
-    """A CSV file of a split of the own-texts fixture; the texts hold commas, quotes, a line break."""
+    """A CSV file of a split of the own texts; the texts hold commas, quotes, a line break."""
     with open(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(columns)

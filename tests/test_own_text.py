@@ -205,7 +205,9 @@ def test_label_csv_gives_every_0_1_column_as_a_label(tmp_path, capsys):
     rows = csv_rows(path)
     assert texts == [row["text"] for row in rows]
     assert targets.tolist() == [[float(row[name]) for name in labels] for row in rows]
-    assert "not labels (values other than 0 and 1): id" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "not labels (values other than 0 and 1): id" in printed
+    assert "labels (columns of 0s and 1s): cooking, sport, weather" in printed
 
 
 def test_training_on_a_label_csv_writes_its_labels(tmp_path, capsys):
@@ -255,6 +257,8 @@ MULTILABEL_BAD_INPUT = {
         "the label column 'fear' of",
     ),
     "no text": (lambda text: text + "row99,,1,0,0\n", "has no text"),
+    # The blank line is skipped, not an error.
+    "too few rows": (lambda _: "text,joy\nfun,1\n\ndull,0\nmeh,0\n", "3 rows are too few"),
     "no text column": (lambda text: text.replace("id,text,", "id,comment,", 1), "no column 'text'"),
     "no labels": (
         lambda text: "text,id\n" + "".join(f"words {k},a{k}\n" for k in range(5)),
