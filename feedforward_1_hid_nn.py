@@ -5,7 +5,7 @@ Model:  each 3x32x32 colour image is flattened to 3,072 numbers, then
 Data:   CIFAR-10: 50,000 training and 10,000 test 32x32 photos of 10 classes, downloaded by
         torchvision into the top-level data/ folder on first use (170 MB).
 Expect: about 0.58 test accuracy after the default 8 epochs, 1-2 s an epoch on a 2-core
-        CPU (benchmarks/README.md). Chance is 0.10.
+        CPU with native bf16, 4-5 s in fp32 (benchmarks/README.md). Chance is 0.10.
 
 Run:
     python feedforward_1_hid_nn.py             # train with the defaults

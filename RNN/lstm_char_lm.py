@@ -15,8 +15,8 @@ Data:   tiny Shakespeare (1,115,394 characters, 65 distinct), downloaded into th
         data/tinyshakespeare/ on first use; the first 90% trains, the last 10% validates
         (the split nanoGPT reports on).
 Expect: validation loss about 1.49 nats per character (2.15 bits) after the default 6 epochs,
-        3-4 minutes in all on a 2-core CPU with native bf16 (benchmarks/README.md). Guessing
-        uniformly among the 65 characters scores ln 65 = 4.17.
+        3-4 minutes in all on a 2-core CPU with native bf16, 9 in fp32 (benchmarks/README.md).
+        Guessing uniformly among the 65 characters scores ln 65 = 4.17.
 
 Run:
     python RNN/lstm_char_lm.py                       # train, printing a sample every epoch

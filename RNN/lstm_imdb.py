@@ -9,7 +9,8 @@ Data:   IMDB (Large Movie Review Dataset: 25,000 training and 25,000 test review
         once, at the end. Reviews are cut to their last --max-len tokens (many end with
         their verdict); the text pipeline is plain Python, no torchtext (README explains).
 Expect: about 0.90 test accuracy after the default 5 epochs, 1-2 minutes an epoch and
-        5-8 minutes in all on a 2-core CPU (benchmarks/README.md).
+        5-8 minutes in all on a 2-core CPU with native bf16; in fp32 about 3 and 15
+        (benchmarks/README.md).
 Your own texts (RNN/README.md, "Train on your own text"): one .txt file per text in a folder
         per class, DIR/train/<class>/ (and DIR/test/<class>/, else a seeded fifth of train/ is
         the test set), or a CSV file with a text column and a label column.

@@ -19,7 +19,8 @@ Data:   IMDB, as in lstm_imdb.py: downloaded into the top-level data/ on first u
         validation split of the training reviews, the test reviews used once at the end;
         reviews cut to their last --max-len words; plain Python text pipeline, no torchtext.
 Expect: about 0.90 test accuracy after the default 3 epochs, 1-3 minutes an epoch and
-        3-8 minutes in all on a 2-core CPU (benchmarks/README.md).
+        3-8 minutes in all on a 2-core CPU with native bf16; in fp32 about 3 and 10
+        (benchmarks/README.md).
 
 Run:
     python RNN/lstm_imdb_tbptt.py             # train with the defaults, writes OUT_DIR/model.pt

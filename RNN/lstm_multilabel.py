@@ -12,8 +12,9 @@ Data:   GoEmotions (Demszky et al., ACL 2020): 58,009 Reddit comments with one o
         place by hand: the script says how). Or your own comments: --csv FILE, a CSV file
         with a text column and one 0/1 column per label (RNN/README.md, "Train on your own text").
 Expect: GoEmotions test macro-F1 (the mean of the 28 labels' F1, the paper's headline; BERT-base
-        reached 0.46) 0.46-0.48 after the default 4 epochs, 10-20 s an epoch and 1-2 minutes
-        in all on a 2-core CPU (RNN/README.md has measured figures); rare labels score lowest.
+        reached 0.46) 0.46-0.48 after the default 4 epochs, 10-20 s an epoch (22 s in fp32) and
+        1-2 minutes in all on a 2-core CPU (RNN/README.md has measured figures); rare labels
+        score lowest.
 
 Run:
     python RNN/lstm_multilabel.py             # GoEmotions, the defaults; writes OUT_DIR/model.pt

@@ -4,7 +4,7 @@ Model:  28x28 pixels flattened to 784 -> Linear(784, 50) -> ReLU -> Linear(50, 1
 Data:   MNIST: 60,000 training and 10,000 test images of handwritten digits, downloaded by
         torchvision into the top-level data/ folder on first use.
 Expect: test accuracy about 0.95 after the default single epoch, which trains in about 1 s on a
-        2-core CPU (benchmarks/README.md).
+        2-core CPU with native bf16, 2 s in fp32 (benchmarks/README.md).
 
 Run:
     python mnist/fc_mnist.py             # train with the defaults

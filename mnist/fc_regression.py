@@ -9,7 +9,7 @@ Data:   MNIST (28x28 images of handwritten digits), downloaded by torchvision in
         top-level data/ folder on first use; pixels scaled to [0, 1].
 Expect: accuracy stalls at about 0.2 for one neuron and about 0.30 with --hidden 10,
         jumping a few points from epoch to epoch however long you train; under a second
-        an epoch on a 2-core CPU (benchmarks/README.md).
+        an epoch on a 2-core CPU with native bf16, about 1 s in fp32 (benchmarks/README.md).
 
 Why it stalls: regression treats labels as points on a line, so it assumes a "7" is
 closer to an "8" than to a "1" and that a 4-or-9 lookalike should be predicted 6.5.
