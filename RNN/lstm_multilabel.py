@@ -310,7 +310,7 @@ def main(argv=None):
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         epoch_batches = list(batches(*train_data, args.batch_size, generator))
-        # GoEmotions' defaults take 2,700 steps; a small file of comments may give a tenth of that.
+        # GoEmotions' defaults take 2,824 steps; a small file of comments may give a tenth of that.
         steps = args.epochs * len(epoch_batches)
         if epoch == 1 and steps < 1000 and not args.dry_run:
             print(f"note: only {steps} training steps; for few comments try more --epochs")
@@ -541,7 +541,7 @@ def read_label_csv(path, text_column, labels=None):
             if len(set(columns[name])) < 2:
                 sys.exit(
                     f"error: the label column {name!r} of {path} holds one value only "
-                    f"({columns[name][0]}): nothing to learn it from; drop the column"
+                    f"({', '.join(set(columns[name])) or 'no rows'}): nothing to learn it from"
                 )
     for name in labels:
         if name not in columns or not set(columns[name]) <= {"0", "1"}:

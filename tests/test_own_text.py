@@ -180,21 +180,6 @@ def test_bad_own_texts_are_a_one_line_error(setup, tmp_path):
     assert expected in one_line_error(imdb, [*flags, "--out-dir", tmp_path / "out"])
 
 
-@pytest.mark.parametrize(
-    "flags, expected",
-    [
-        (["--test-csv", "t.csv"], "go with --csv"),
-        (["--csv", "a.csv", "--text-folder", "d"], "one source of texts, not both"),
-        (["--text-folder", "d", "--data-dir", "x"], "--data-dir is where IMDB is"),
-        (["--predict", "good", "--csv", "a.csv"], "drop the training flags"),
-    ],
-)
-def test_flags_that_cannot_go_together_are_refused(flags, expected, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        imdb.parse_args(flags)
-    assert exit_info.value.code == 2 and expected in capsys.readouterr().err
-
-
 # ---- lstm_multilabel.py --csv: a text column and any number of 0/1 label columns ----
 
 
@@ -274,14 +259,18 @@ def test_bad_label_csv_is_a_one_line_error(bad, tmp_path):
     assert expected in one_line_error(multilabel, ["--csv", path, "--out-dir", tmp_path / "o"])
 
 
-@pytest.mark.parametrize(
-    "flags, expected",
-    [
-        (["--test-csv", "t.csv"], "go with --csv"),
-        (["--csv", "a.csv", "--dataset", "jigsaw"], "drop them with --csv"),
-    ],
-)
-def test_multilabel_flags_that_cannot_go_together_are_refused(flags, expected, capsys):
+REFUSED = [
+    (imdb, ["--test-csv", "t.csv"], "go with --csv"),
+    (imdb, ["--csv", "a.csv", "--text-folder", "d"], "one source of texts, not both"),
+    (imdb, ["--text-folder", "d", "--data-dir", "x"], "--data-dir is where IMDB is"),
+    (imdb, ["--predict", "good", "--csv", "a.csv"], "drop the training flags"),
+    (multilabel, ["--test-csv", "t.csv"], "go with --csv"),
+    (multilabel, ["--csv", "a.csv", "--dataset", "jigsaw"], "drop them with --csv"),
+]
+
+
+@pytest.mark.parametrize("script, flags, expected", REFUSED)
+def test_flags_that_cannot_go_together_are_refused(script, flags, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        multilabel.parse_args(flags)
+        script.parse_args(flags)
     assert exit_info.value.code == 2 and expected in capsys.readouterr().err
