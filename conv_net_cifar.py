@@ -404,7 +404,7 @@ def save_plots(history, model, test_set, classes, out_dir):
     fig, axes = plt.subplots(2, 8, figsize=(14, 4.2))
     for ax, image, label, guess in zip(axes.flat, images, labels, guesses):
         # One-channel images in grey, colour images as they are.
-        ax.imshow(image.permute(1, 2, 0).squeeze(2).numpy(), cmap="gray")
+        ax.imshow(image.permute(1, 2, 0).squeeze(2).cpu().numpy(), cmap="gray")
         colour = "green" if guess == label else "red"
         ax.set_title(f"{classes[guess]}\n(true: {classes[label]})", fontsize=9, color=colour)
     for ax in axes.flat:

@@ -29,14 +29,14 @@ READS = {
     torch.Tensor.item,
     torch.Tensor.tolist,
     torch.Tensor.cpu,
-    torch.Tensor.numpy,
     torch.Tensor.__float__,
     torch.Tensor.__int__,
     torch.Tensor.__bool__,
     torch.Tensor.__index__,
     torch.Tensor.__format__,
-    torch.Tensor.__array__,
 }
+# Not stubbed: .numpy() (and NumPy's or matplotlib's np.asarray) of a meta tensor fails as it
+# does on a GPU ("can't convert ... device type tensor to numpy"): it needs a .cpu() first.
 # A loop may read its figures once per epoch, and the progress bar once every 50 steps.
 READS_PER_EPOCH, STEPS_PER_READ = 3, 50
 
