@@ -187,6 +187,13 @@ def main(argv=None):
     if args.generate:
         model, chars = load_checkpoint(model_path, args.device)
         return print(generate(model, chars, args.prompt, args.generate, args.temperature))
+    # PyTorch's LSTM on a CPU (oneDNN) has a bf16 version on AVX-512 CPUs only.
+    if args.device.type == "cpu" and args.precision == "bf16":
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            sys.exit(
+                "error: --precision bf16: PyTorch has no bf16 LSTM on this CPU; "
+                "use --precision auto"
+            )
     # bf16 for the matrix maths where the hardware has it (conv_net_cifar.py explains).
     autocast = torch.autocast(args.device.type, torch.bfloat16, enabled=args.precision == "bf16")
 

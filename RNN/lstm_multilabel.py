@@ -261,8 +261,13 @@ def main(argv=None):
     model_path = args.checkpoint or args.out_dir / "model.pt"
     if args.predict:
         return predict(read_texts(args.predict), model_path, args.device)
-    if args.precision == "fp16" and args.device.type == "cpu":
-        sys.exit("error: --precision fp16: PyTorch has no float16 LSTM on a CPU; use bf16 or fp32")
+    # PyTorch's LSTM on a CPU (oneDNN) has no float16 version, and a bf16 one on AVX-512 CPUs only.
+    cpu_lstm = dict(fp32=True, bf16=torch.ops.mkldnn._is_mkldnn_bf16_supported(), fp16=False)
+    if args.device.type == "cpu" and not cpu_lstm[args.precision]:
+        sys.exit(
+            f"error: --precision {args.precision}: PyTorch has no {args.precision} LSTM on this "
+            "CPU; use --precision auto"
+        )
     # The same seed, the same weights, dropout and batches: the same result on the same CPU (GPU
     # runs differ slightly from run to run: some GPU kernels add in a varying order).
     torch.manual_seed(args.seed)

@@ -179,9 +179,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     pick_device_and_precision(args)
-    if args.precision == "fp16" and args.device.type == "cpu":
+    # PyTorch's LSTM on a CPU (oneDNN) has no float16 version, and a bf16 one on AVX-512 CPUs only.
+    cpu_lstm = dict(fp32=True, bf16=torch.ops.mkldnn._is_mkldnn_bf16_supported(), fp16=False)
+    if args.device.type == "cpu" and not cpu_lstm[args.precision]:
         sys.exit(
-            "error: --precision fp16: PyTorch has no float16 LSTM on the CPU; use bf16 or fp32"
+            f"error: --precision {args.precision}: PyTorch has no {args.precision} LSTM on this "
+            "CPU; use --precision auto"
         )
     # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
     # GradScaler that keeps small gradients from vanishing (it does nothing otherwise).
