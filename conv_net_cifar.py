@@ -159,7 +159,7 @@ def main(argv=None):
     if args.dry_run:
         # One epoch of 16 random images (seeded): several classes, whatever the files' order.
         args.epochs = 1
-        train_set, test_set = (random_split(s, [16, len(s) - 16])[0] for s in (train_set, test_set))
+        train_set, test_set = (a_few(s, 16) for s in (train_set, test_set))
     print(f"data: {len(train_set)} training, {len(test_set)} test images; {len(classes)} classes")
     train_loader, test_loader = batches(train_set, args, shuffle=True), batches(test_set, args)
 
@@ -288,6 +288,15 @@ def batches(dataset, args, shuffle=False):
     )
 
 
+def a_few(dataset, n):
+    """n random items of a dataset (seeded by --seed), or all of a smaller one. Images already on
+    the device stay a TensorDataset, which batches() slices there: worker processes could not
+    read them from a GPU."""
+    n = min(n, len(dataset))
+    subset = random_split(dataset, [n, len(dataset) - n])[0]
+    return TensorDataset(*dataset[subset.indices]) if isinstance(dataset, TensorDataset) else subset
+
+
 def download_cifar10(data_dir):
     """CIFAR-10 into data_dir/cifar-10-batches-py/ on first use; torchvision checks its MD5s.
     No network, a broken connection or a corrupt file ends in one line saying what to do."""
@@ -326,6 +335,9 @@ def load_image_folder(folder, seed, device):
     except OSError as err:
         sys.exit(f"error: {folder}: {err}")
     classes = train_set.classes
+    # A test/ folder with other class folders would number its classes differently.
+    if test_set is not None and test_set.classes != classes:
+        sys.exit(f"error: {folder}: test/ has classes {test_set.classes}, train/ {classes}")
     if test_set is None:
         held_out = len(train_set) // 5
         print(f"no {folder / 'test'}/: {held_out} training images (seeded) are the test set")

@@ -67,6 +67,22 @@ def test_benchmark_run_end_to_end(floor, passes, data_dir, script_env, tmp_path,
     assert ("**missed**" in table) != passes
 
 
+def test_a_partial_run_replaces_its_rows_and_keeps_the_others_on_the_same_machine():
+    def row(script, value, date):
+        return dict(script=script, processes=None, value=value, date=date, command=date)
+
+    info = dict(cpu="some CPU", cores=2, python="3.11")
+    earlier = dict(machine=info, results=[row("mnist/fc_mnist.py", 0.9, "d1")])
+    earlier["results"].append(row("conv_net_cifar.py", 0.7, "d1"))
+    new = [row("mnist/fc_mnist.py", 0.95, "d2")]
+    rows = benchmark.merged(earlier, new, info)
+    assert [(r["script"], r["value"]) for r in rows] == [
+        ("mnist/fc_mnist.py", 0.95),
+        ("conv_net_cifar.py", 0.7),
+    ]
+    assert benchmark.merged(earlier, new, dict(info, cpu="another CPU")) == new
+
+
 def test_headline_figure_is_the_one_metrics_json_names():
     assert benchmark.headline(dict(headline="val_accuracy", val_accuracy=0.9)) == 0.9
     metrics = dict(headline="test_macro_f1", test_macro_f1=0.45, test_accuracy=0.2)

@@ -1,5 +1,6 @@
 """The CIFAR-10 scripts read the official python batches correctly; their models fit the data;
-conv_net_cifar.py --image-folder trains on a folder of the learner's own images."""
+conv_net_cifar.py and resnet_cifar.py --image-folder train on a folder of the learner's own
+images, and --predict names what is in the learner's own pictures."""
 
 import json
 import subprocess
@@ -14,6 +15,8 @@ import fixtures
 from conftest import REPO, load_script
 
 FEEDFORWARD = ["feedforward_1_hid_nn.py", "feedforward_3_hid_nn.py"]
+# The scripts with --image-folder and --predict.
+IMAGE_SCRIPTS = ["conv_net_cifar.py", "resnet_cifar.py"]
 
 
 def expected_pixels(i, mean=(0.0,) * 3, std=(1.0,) * 3):
@@ -37,15 +40,18 @@ def test_feedforward_loader_decodes_labels_and_normalises(script, data_dir):
         assert torch.allclose(images[i], expected_pixels(i, module.MEAN, module.STD), atol=1e-5)
 
 
-def test_conv_net_loader_keeps_pixels_in_0_1_and_the_model_normalises(data_dir):
-    module = load_script("conv_net_cifar.py")
+@pytest.mark.parametrize("script", IMAGE_SCRIPTS)
+def test_cnn_loader_keeps_pixels_in_0_1_and_the_model_normalises(script, data_dir):
+    module = load_script(script)
     train, test = module.load_cifar10(data_dir, torch.device("cpu"))
     assert len(train) == 5 * fixtures.CIFAR_TRAIN_PER_BATCH and len(test) == fixtures.CIFAR_TEST
     images, labels = train.tensors
     assert labels.tolist() == [i % 10 for i in range(len(train))]
     assert torch.allclose(images[7], expected_pixels(7), atol=1e-6)
     # The mean and std the model was built with travel inside it, into model.pt.
-    model = module.ConvNet(num_classes=10, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+    model = getattr(module, "ConvNet", getattr(module, "ResNet", None))(
+        num_classes=10, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2)
+    )
     assert torch.equal(model.state_dict()["mean"].flatten(), torch.tensor([0.5, 0.4, 0.3]))
 
 
@@ -110,8 +116,9 @@ def write_image_folder(root, test=True, per_class=6):
     return root
 
 
-def test_image_folder_reads_any_size_and_mode_into_the_network_input(tmp_path):
-    module = load_script("conv_net_cifar.py")
+@pytest.mark.parametrize("script", IMAGE_SCRIPTS)
+def test_image_folder_reads_any_size_and_mode_into_the_network_input(script, tmp_path):
+    module = load_script(script)
     (train, test), classes = module.load_image_folder(
         write_image_folder(tmp_path), seed=0, device=torch.device("cpu")
     )
@@ -123,8 +130,9 @@ def test_image_folder_reads_any_size_and_mode_into_the_network_input(tmp_path):
         assert torch.allclose(images[labels == k], torch.tensor((60 + 80 * k) / 255), atol=0.01)
 
 
-def test_image_folder_without_test_holds_out_a_seeded_part(tmp_path, capsys):
-    module = load_script("conv_net_cifar.py")
+@pytest.mark.parametrize("script", IMAGE_SCRIPTS)
+def test_image_folder_without_test_holds_out_a_seeded_part(script, tmp_path, capsys):
+    module = load_script(script)
     folder = write_image_folder(tmp_path, test=False, per_class=10)
     (train, test), _ = module.load_image_folder(folder, seed=0, device=torch.device("cpu"))
     assert len(train) == 24 and len(test) == 6 and "are the test set" in capsys.readouterr().out
@@ -132,9 +140,12 @@ def test_image_folder_without_test_holds_out_a_seeded_part(tmp_path, capsys):
     assert torch.equal(test.tensors[1], again.tensors[1])
 
 
-@pytest.mark.parametrize("damage", ["no train folder", "empty class", "not an image"])
-def test_bad_image_folders_are_one_line_errors(damage, tmp_path):
-    module = load_script("conv_net_cifar.py")
+@pytest.mark.parametrize("script", IMAGE_SCRIPTS)
+@pytest.mark.parametrize(
+    "damage", ["no train folder", "empty class", "not an image", "other test classes"]
+)
+def test_bad_image_folders_are_one_line_errors(script, damage, tmp_path):
+    module = load_script(script)
     folder = write_image_folder(tmp_path / "images")
     if damage == "no train folder":
         (folder / "train").rename(folder / "training")
@@ -143,22 +154,26 @@ def test_bad_image_folders_are_one_line_errors(damage, tmp_path):
         for path in (folder / "train" / "bee").iterdir():
             path.unlink()
         expected = "bee"
-    else:
+    elif damage == "not an image":
         (folder / "train" / "cow" / "cow_000.png").write_text("not a picture")
         expected = "cow_000.png is not an image"
+    else:
+        (folder / "test" / "cow").rename(folder / "test" / "calf")
+        expected = "test/ has classes"
     with pytest.raises(SystemExit) as exit_info:
         module.load_image_folder(folder, seed=0, device=torch.device("cpu"))
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and expected in message and "\n" not in message
 
 
-def test_image_folder_trains_end_to_end(tmp_path, script_env):
+@pytest.mark.parametrize("script", IMAGE_SCRIPTS)
+def test_image_folder_trains_end_to_end(script, tmp_path, script_env):
     """Any number of classes through every output: curves, per-class accuracy, confusion matrix,
     pictures (sampled across classes), and model.pt with the class names."""
     folder = write_image_folder(tmp_path / "images", per_class=12)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(REPO / "conv_net_cifar.py"), "--image-folder", str(folder)]
+        [sys.executable, str(REPO / script), "--image-folder", str(folder)]
         + ["--epochs", "2", "--batch-size", "8", "--out-dir", str(out)],
         env=script_env,
         capture_output=True,
@@ -175,7 +190,7 @@ def test_image_folder_trains_end_to_end(tmp_path, script_env):
     assert checkpoint["classes"] == CLASSES and checkpoint["config"]["num_classes"] == 3
     # The saved model, asked about a file and a folder of images of any size and mode.
     one_file = next((folder / "test" / CLASSES[1]).iterdir())
-    predict = [sys.executable, str(REPO / "conv_net_cifar.py"), "--out-dir", str(out), "--predict"]
+    predict = [sys.executable, str(REPO / script), "--out-dir", str(out), "--predict"]
     result = subprocess.run(
         [*predict, str(one_file), str(folder / "test" / CLASSES[2])],
         env=script_env,
@@ -205,8 +220,9 @@ def test_image_folder_trains_end_to_end(tmp_path, script_env):
         (["--predict", "photo.jpg", "--epochs", "3"], "drop the training flags"),
     ],
 )
-def test_predict_without_a_usable_model_is_one_line(flags, message, tmp_path, capsys):
-    module = load_script("conv_net_cifar.py")
+@pytest.mark.parametrize("script", IMAGE_SCRIPTS)
+def test_predict_without_a_usable_model_is_one_line(script, flags, message, tmp_path, capsys):
+    module = load_script(script)
     not_a_model = tmp_path / "notes.txt"
     not_a_model.write_text("not a model")
     (tmp_path / "photo.jpg").write_bytes(b"")
@@ -219,8 +235,9 @@ def test_predict_without_a_usable_model_is_one_line(flags, message, tmp_path, ca
         assert message in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
 
 
-def test_image_folder_and_data_dir_together_are_refused(tmp_path, capsys):
-    module = load_script("conv_net_cifar.py")
+@pytest.mark.parametrize("script", IMAGE_SCRIPTS)
+def test_image_folder_and_data_dir_together_are_refused(script, tmp_path, capsys):
+    module = load_script(script)
     with pytest.raises(SystemExit):
         module.parse_args(["--image-folder", str(tmp_path), "--data-dir", str(tmp_path)])
     assert "--data-dir is for CIFAR-10" in capsys.readouterr().err

@@ -31,6 +31,7 @@ DOWNLOADS = {
     "feedforward_1_hid_nn.py": "cifar-10-python.tar.gz",
     "feedforward_3_hid_nn.py": "cifar-10-python.tar.gz",
     "conv_net_cifar.py": "cifar-10-python.tar.gz",
+    "resnet_cifar.py": "cifar-10-python.tar.gz",
     "mnist/fc_regression.py": "MNIST/raw/train-images-idx3-ubyte.gz",
     "mnist/fc_mnist.py": "MNIST/raw/train-images-idx3-ubyte.gz",
     "mnist/conv_mnist.py": "MNIST/raw/train-images-idx3-ubyte.gz",

@@ -160,6 +160,7 @@ MANY_STEPS = {
     "feedforward_1_hid_nn.py": ["--batch-size", "2"],
     "feedforward_3_hid_nn.py": ["--batch-size", "2"],
     "conv_net_cifar.py": ["--batch-size", "2"],
+    "resnet_cifar.py": ["--batch-size", "2"],
     "distributed/conv_net_cifar_ddp.py": ["--batch-size", "2"],
     "RNN/lstm_net_counting_chars.py": ["--batch-size", "2"],
     "RNN/lstm_imdb.py": ["--batch-size", "2"],
@@ -206,6 +207,7 @@ MODES = [
     ("RNN/lstm_char_lm.py", ["--generate", "20", "--prompt", "ROMEO:"]),
     ("mnist/fashion_mnist_classifier.py", ["--eval-only", "--checkpoint", "{out}/model.pt"]),
     ("conv_net_cifar.py", ["--predict", "{image}"]),
+    ("resnet_cifar.py", ["--predict", "{image}"]),
 ]
 
 
@@ -221,17 +223,36 @@ def test_other_modes_on_the_stand_in_gpu(script, flags, data_dir, tmp_path, stan
     assert "device: meta" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("script", ["conv_net_cifar.py", "resnet_cifar.py"])
 @pytest.mark.parametrize("in_memory", [True, False], ids=["decoded once", "read from disk"])
-def test_own_images_on_the_stand_in_gpu(in_memory, tmp_path, stand_in_gpu, monkeypatch):
+def test_own_images_on_the_stand_in_gpu(script, in_memory, tmp_path, stand_in_gpu, monkeypatch):
     from test_cifar import write_image_folder
 
     folder = write_image_folder(tmp_path / "images")
-    module = load_script("conv_net_cifar.py")
+    module = load_script(script)
     if not in_memory:
         monkeypatch.setattr(module, "IN_MEMORY_LIMIT_MB", 0)
     module.main(["--image-folder", str(folder), "--epochs", "2", "--out-dir", str(tmp_path / "o")])
     checkpoint = torch.load(tmp_path / "o" / "model.pt", weights_only=True)
     assert {t.device.type for t in checkpoint["weights"].values()} == {"cpu"}
+
+
+@pytest.mark.parametrize("script", ["conv_net_cifar.py", "resnet_cifar.py"])
+def test_data_on_the_device_is_batched_without_worker_processes(
+    script, data_dir, tmp_path, stand_in_gpu, monkeypatch
+):
+    """Worker processes cannot read tensors on a GPU (nor pin them): CIFAR-10 held on the device,
+    a dry run's few images included, is sliced into batches in the main process."""
+    module = load_script(script)
+    workers, data_loader = [], module.DataLoader
+
+    def recording(*args, **kwargs):
+        workers.append(kwargs.get("num_workers", 0))
+        return data_loader(*args, **kwargs)
+
+    monkeypatch.setattr(module, "DataLoader", recording)
+    module.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)])
+    assert workers and set(workers) == {0}
 
 
 def test_a_resumed_ddp_run_on_the_stand_in_gpu(data_dir, tmp_path, stand_in_gpu, capsys):
