@@ -1,6 +1,6 @@
 """A small residual network that takes CIFAR-10 from conv_net_cifar.py's 71% to 90%, on a CPU.
 
-Model:  David Page's ResNet-9 at a quarter of its width (XXX weights): every layer is a 3x3
+Model:  David Page's ResNet-9 at a quarter of its width (412,944 weights): every layer is a 3x3
         convolution -> batch norm -> ReLU. A stem layer, then three stages, each a layer that
         widens the channels with a 2x2 max-pool that halves the picture; stages 1 and 3 end with
         a residual block (two more layers, whose output is added to their input). Channels
@@ -9,10 +9,11 @@ Model:  David Page's ResNet-9 at a quarter of its width (XXX weights): every lay
 Recipe: the ingredients, each measured in README.md (--without takes any of them out):
         batch norm, residual connections, random flips and 2-pixel shifts made on the device,
         label smoothing, a one-cycle learning rate, Nesterov momentum, weight decay,
-        channels_last, and test-time augmentation (six views of each test image).
+        channels_last, and test-time augmentation (six versions of each test image).
 Data:   CIFAR-10 as in conv_net_cifar.py, or --image-folder DIR with your own images.
-Expect: CIFAR-10 test accuracy XXX after the default 11 epochs, in XXX minutes from start to end
-        on a 2-core CPU without native bf16 (benchmarks/README.md).
+Expect: CIFAR-10 test accuracy 0.903 (0.9025 to 0.9045 with seeds 0, 1, 2) after the default 11
+        epochs, in 14 minutes from start to end and 2.2 GB of memory on a 2-core CPU without
+        native bf16 (fp32; README.md). Chance is 0.10; conv_net_cifar.py reaches 0.71.
 
 Run:
     python resnet_cifar.py                          # train on CIFAR-10 with the defaults
@@ -85,6 +86,7 @@ def conv_bn(c_in, c_out, batch_norm=True, pool=False):
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm),
         nn.MaxPool2d(2) if pool else nn.Identity(),
         nn.BatchNorm2d(c_out) if batch_norm else nn.Identity(),
+        # inplace=True: ReLU overwrites its input instead of making a copy (less memory).
         nn.ReLU(inplace=True),
     )
 
@@ -195,7 +197,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, amp, recipe):
     return dict(train_accuracy=accuracy, train_loss=loss)
 
 
-def test_views(images):
+def tta_versions(images):
     """Test-time augmentation's six versions of a batch: the images and their mirror images, each
     also moved one pixel down and right, and one pixel up and left (the border mirrored)."""
     for batch in (images, images.flip(3)):
@@ -207,7 +209,7 @@ def test_views(images):
 @torch.no_grad()
 def evaluate(model, loader, autocast, tta=False):
     """Test accuracy and loss, and every test image's predicted class (on the device).
-    Test-time augmentation (tta): the model sees each image in six versions, test_views(), and
+    Test-time augmentation (tta): the model sees each image in six versions, tta_versions(), and
     their logits are averaged: the errors of the versions partly cancel, for six times the time."""
     model.eval()
     device = next(model.parameters()).device
@@ -217,7 +219,7 @@ def evaluate(model, loader, autocast, tta=False):
         images, labels = images.to(device), labels.to(device)
         with autocast:
             if tta:
-                logits = torch.stack([model(v).float() for v in test_views(images)]).mean(0)
+                logits = torch.stack([model(v).float() for v in tta_versions(images)]).mean(0)
             else:
                 logits = model(images).float()
         total_loss += F.cross_entropy(logits, labels, reduction="sum")
@@ -343,7 +345,7 @@ def predict(paths, model_path, device):
     for path in image_files(paths):
         # The same conversion as for training: any size and colour mode -> (CHANNELS, SIZE, SIZE).
         image = ToTensor()(open_image(path)).unsqueeze(0).to(device)
-        logits = torch.stack([model(v).float() for v in test_views(image)]).mean(0)
+        logits = torch.stack([model(v).float() for v in tta_versions(image)]).mean(0)
         probabilities = logits.softmax(1)[0]
         top = probabilities.topk(min(3, len(classes)))
         guesses = ", ".join(

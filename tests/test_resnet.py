@@ -100,17 +100,17 @@ class LeftOrRight(torch.nn.Module):
 
 def test_test_time_augmentation_sees_each_image_mirrored_and_moved_a_pixel():
     images = torch.rand(2, 3, 32, 32)
-    views = list(resnet.test_views(images))
-    assert len(views) == 6 and all(v.shape == images.shape for v in views)
+    versions = list(resnet.tta_versions(images))
+    assert len(versions) == 6 and all(v.shape == images.shape for v in versions)
     mirror = images.flip(3)
-    assert torch.equal(views[0], images) and torch.equal(views[3], mirror)
+    assert torch.equal(versions[0], images) and torch.equal(versions[3], mirror)
     for k, image in ((0, images), (3, mirror)):
         # One pixel down and right of the border, then up and left; the inside is the image's.
-        assert torch.equal(views[k + 1][..., 1:, 1:], image[..., :-1, :-1])
-        assert torch.equal(views[k + 2][..., :-1, :-1], image[..., 1:, 1:])
+        assert torch.equal(versions[k + 1][..., 1:, 1:], image[..., :-1, :-1])
+        assert torch.equal(versions[k + 2][..., :-1, :-1], image[..., 1:, 1:])
 
 
-def test_test_time_augmentation_averages_the_views_logits():
+def test_test_time_augmentation_averages_the_logits_of_the_six_versions():
     # Bright left halves: class 0 seen plainly, class 2 averaged with their mirror images.
     images = torch.rand(6, 3, 32, 32) * 0.2
     images[..., :16] += 0.6
@@ -120,7 +120,7 @@ def test_test_time_augmentation_averages_the_views_logits():
     figures, predictions = resnet.evaluate(model, loader, plain)
     assert predictions.tolist() == [0] * 6 and figures["test_accuracy"] == 1 / 6
     figures, predictions = resnet.evaluate(model, loader, plain, tta=True)
-    averaged = sum(model(view) for view in resnet.test_views(images)) / 6
+    averaged = sum(model(v) for v in resnet.tta_versions(images)) / 6
     assert predictions.tolist() == [2] * 6 and torch.equal(predictions, averaged.argmax(1))
     loss = torch.nn.functional.cross_entropy(averaged, labels).item()
     assert figures["test_loss"] == pytest.approx(loss, rel=1e-5)
