@@ -6,7 +6,7 @@ Model:  David Page's ResNet-9 at a quarter of its width (412,944 weights): every
         a residual block (two more layers, whose output is added to their input). Channels
         3 -> 16 -> 32 -> 64 -> 128, pictures 32 -> 32 -> 16 -> 8 -> 4; then the largest value of
         each channel -> one logit per class.
-Recipe: the ingredients (--without takes any of them out; README.md measures what they are worth):
+Recipe: the ingredients (--without takes any of them out; README.md measures most of them):
         batch norm, residual connections, random flips and 2-pixel shifts made on the device,
         label smoothing, a one-cycle learning rate, Nesterov momentum, weight decay,
         channels_last, and test-time augmentation (six versions of each test image).
@@ -312,8 +312,8 @@ def main(argv=None):
             model, train_loader, optimizer, scheduler, (autocast, scaler), recipe
         )
         seconds = time.perf_counter() - start
-        # Each epoch's test figures without test-time augmentation (a sixth of the time); the
-        # final evaluation below uses it.
+        # Each epoch's test figures without test-time augmentation (a sixth of the time); after
+        # the last epoch the model is evaluated once more, with it.
         test_figures, predictions = evaluate(model, test_loader, autocast)
         log_epoch(history, epoch=epoch, **train_figures, **test_figures, seconds=seconds)
 
