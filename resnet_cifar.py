@@ -6,7 +6,7 @@ Model:  David Page's ResNet-9 at a quarter of its width (412,944 weights): every
         a residual block (two more layers, whose output is added to their input). Channels
         3 -> 16 -> 32 -> 64 -> 128, pictures 32 -> 32 -> 16 -> 8 -> 4; then the largest value of
         each channel -> one logit per class.
-Recipe: the ingredients (--without takes any of them out; README.md measures most of them):
+Recipe: the ingredients (--without takes any of them out; README.md measures each of them):
         batch norm, residual connections, random flips and 2-pixel shifts made on the device,
         label smoothing, a one-cycle learning rate, Nesterov momentum, weight decay,
         channels_last, and test-time augmentation (six versions of each test image).
