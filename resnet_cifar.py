@@ -6,7 +6,7 @@ Model:  David Page's ResNet-9 at a quarter of its width (412,944 weights): every
         a residual block (two more layers, whose output is added to their input). Channels
         3 -> 16 -> 32 -> 64 -> 128, pictures 32 -> 32 -> 16 -> 8 -> 4; then the largest value of
         each channel -> one logit per class.
-Recipe: the ingredients (--without takes any of them out; README.md measures each of them):
+Recipe: the ingredients (--without takes any of them out; README.md measures what each is worth):
         batch norm, residual connections, random flips and 2-pixel shifts made on the device,
         label smoothing, a one-cycle learning rate, Nesterov momentum, weight decay,
         channels_last, and test-time augmentation (six versions of each test image).
@@ -556,8 +556,8 @@ def save_plots(history, model, test_set, classes, out_dir):
     for split in ("train", "test"):
         ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
         ax_acc.plot(epochs, [h[f"{split}_accuracy"] for h in history], marker="o", label=split)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (train: smoothed targets)")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (train: augmented, during the epoch)")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (train: batches as trained)")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (train: batches as trained)")
     ax_loss.legend()
     ax_acc.legend()
     fig.savefig(out_dir / "curves.png", dpi=100, bbox_inches="tight")
