@@ -167,6 +167,21 @@ def test_bad_image_folders_are_one_line_errors(script, damage, tmp_path):
 
 
 @pytest.mark.parametrize("script", IMAGE_SCRIPTS)
+def test_a_bad_image_read_from_disk_by_a_worker_is_a_one_line_error(script, tmp_path, monkeypatch):
+    """A large folder is read by worker processes every epoch: a file that is not an image, met
+    there, still stops the run in one line (not a worker traceback)."""
+    module = load_script(script)
+    monkeypatch.setattr(module, "IN_MEMORY_LIMIT_MB", 0)
+    folder = write_image_folder(tmp_path / "images")
+    (folder / "train" / "cow" / "cow_000.png").write_text("not a picture")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--image-folder", str(folder), "--out-dir", str(tmp_path / "out")])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "cow_000.png is not an image" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("script", IMAGE_SCRIPTS)
 def test_image_folder_trains_end_to_end(script, tmp_path, script_env):
     """Any number of classes through every output: curves, per-class accuracy, confusion matrix,
     pictures (sampled across classes), and model.pt with the class names."""
