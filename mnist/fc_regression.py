@@ -245,12 +245,11 @@ def pick_device_and_precision(args, fp16=True):
         cpu_bf16 = cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
         native = cpu_bf16 if kind == "cpu" else getattr(torch, kind).is_bf16_supported(False)
     best = "bf16" if native else "fp16" if kind == "cuda" and fp16 else "fp32"
-    precision = best if args.precision == "auto" else args.precision
-    if precision == "bf16" and kind != "cpu" and not native:
+    args.device, args.precision = device, best if args.precision == "auto" else args.precision
+    if args.precision == "bf16" and kind != "cpu" and not native:
         sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
     name = torch.cuda.get_device_name() if kind == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device: {device} ({name}); precision: {precision} (native bf16: {native})")
-    args.device, args.precision = device, precision
+    print(f"device: {device} ({name}); precision: {args.precision} (native bf16: {native})")
 
 
 def log_epoch(history, **figures):
