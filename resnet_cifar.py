@@ -123,7 +123,7 @@ class ResNet(nn.Module):
         # whoever uses the model feeds it plain [0, 1] pixels.
         self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(-1, 1, 1))
-        # The stem: one layer at full size, before the stages.
+        # The stem: one layer on the whole 32x32 picture, before the stages halve it.
         layers = [conv_bn(CHANNELS, widths[0], batch_norm)]
         for stage, (c_in, c_out) in enumerate(zip(widths, widths[1:]), 1):
             # Widen, then halve the picture: (N, c_in, S, S) -> (N, c_out, S/2, S/2).
