@@ -168,6 +168,7 @@ MANY_STEPS = {
     "RNN/lstm_multilabel.py": ["--batch-size", "2"],
     "transformer/transformer_imdb.py": ["--batch-size", "2"],
     "RNN/lstm_char_lm.py": ["--bptt", "5"],
+    "transformer/gpt_char_lm.py": ["--batch-size", "2"],
 }
 
 
@@ -205,6 +206,7 @@ MODES = [
     ("RNN/lstm_multilabel.py", ["--predict", "Thank you so much!"]),
     ("transformer/transformer_imdb.py", ["--predict", "A wonderful film."]),
     ("RNN/lstm_char_lm.py", ["--generate", "20", "--prompt", "ROMEO:"]),
+    ("transformer/gpt_char_lm.py", ["--generate", "20", "--prompt", "ROMEO:", "--top-k", "5"]),
     ("mnist/fashion_mnist_classifier.py", ["--eval-only", "--checkpoint", "{out}/model.pt"]),
     ("conv_net_cifar.py", ["--predict", "{image}"]),
     ("resnet_cifar.py", ["--predict", "{image}"]),

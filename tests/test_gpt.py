@@ -1,0 +1,143 @@
+"""transformer/gpt_char_lm.py: causal attention, the windows it trains and evaluates on,
+seeded generation and its one-line errors."""
+
+import pytest
+import torch
+
+from conftest import load_script
+
+gpt = load_script("transformer/gpt_char_lm.py")
+
+
+def tiny_gpt(written_out=False):
+    torch.manual_seed(0)
+    model = gpt.GPT(12, context=16, width=16, layers=2, heads=2).eval()
+    for block in model.blocks:
+        block.attention.written_out = written_out
+    return model
+
+
+def test_the_written_out_attention_equals_the_fused_one():
+    chars = torch.randint(12, (3, 16))
+    fused, written_out = tiny_gpt()(chars), tiny_gpt(written_out=True)(chars)
+    assert torch.allclose(fused, written_out, atol=1e-5)
+    q, k, v = torch.randn(3, 2, 2, 7, 4).unbind()
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(gpt.attention_written_out(q, k, v), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("written_out", [False, True])
+def test_a_later_character_never_changes_an_earlier_prediction(written_out):
+    model = tiny_gpt(written_out)
+    chars = torch.randint(12, (1, 16))
+    changed = chars.clone()
+    changed[0, 9:] = (changed[0, 9:] + 1) % 12
+    before, after = model(chars), model(changed)
+    # Positions 0 to 8 see the same characters: the same logits. Position 9 sees the change.
+    assert torch.allclose(before[0, :9], after[0, :9], atol=1e-6)
+    assert not torch.allclose(before[0, 9], after[0, 9])
+
+
+def test_without_the_mask_a_position_would_see_the_future(monkeypatch):
+    # The test above can fail: with the mask gone, earlier positions change too.
+    model = tiny_gpt(written_out=True)
+    chars = torch.randint(12, (1, 16))
+    changed = chars.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % 12
+    monkeypatch.setattr(torch.Tensor, "masked_fill", lambda scores, mask, value: scores)
+    assert not torch.allclose(model(chars)[0, 0], model(changed)[0, 0])
+
+
+@pytest.mark.parametrize("length, context", [(129, 128), (300, 128), (257, 128), (1000, 16)])
+def test_evaluation_scores_every_character_once(length, context):
+    starts, first = gpt.scored_windows(length, context)
+    scored = [
+        start + 1 + j
+        for start, skip in zip(starts.tolist(), first.tolist())
+        for j in range(skip, context)
+    ]
+    assert sorted(scored) == list(range(1, length))
+    # Every character but the first half window's has at least half a window before it.
+    assert all(start + skip >= context // 2 for start, skip in zip(starts[1:], first[1:]))
+
+
+def test_one_epoch_makes_every_character_a_target_once():
+    torch.manual_seed(0)
+    model = gpt.GPT(100, context=8, width=8, layers=1, heads=2)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    seen = []
+    real_forward = model.forward
+    model.forward = lambda chars: seen.append(chars.clone()) or real_forward(chars)
+    ids = torch.arange(100)
+    amp = (torch.autocast("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=False), 3)
+    figures = gpt.train_one_epoch(model, ids, optimizer, scheduler, amp)
+    windows = torch.cat(seen)
+    # 100 characters from a random offset below 8: 11 or 12 windows of 8, in batches of 3.
+    assert len(windows) in (11, 12) and scheduler.last_epoch == len(seen) == -(-len(windows) // 3)
+    assert figures["train_loss"] > 0
+    # The windows are consecutive pieces of the text, shuffled: every character is a target once.
+    offset = int(windows[:, 0].min())
+    assert sorted(windows[:, 0].tolist()) == list(range(offset, offset + 8 * len(windows), 8))
+    assert windows[:, 0].tolist() != sorted(windows[:, 0].tolist())
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("gpt") / "out"
+    gpt.main(["--dry-run", "--context", "32", "--data-dir", str(data_dir), "--out-dir", str(out)])
+    return out
+
+
+def generate(capsys, out, *flags):
+    gpt.main(["--generate", "60", "--out-dir", str(out), *flags])
+    # What follows the device line.
+    return capsys.readouterr().out.split("\n", 1)[1]
+
+
+def test_generation_is_seeded_and_starts_with_the_prompt(model_dir, capsys):
+    first = generate(capsys, model_dir, "--prompt", "ROMEO:", "--seed", "3")
+    again = generate(capsys, model_dir, "--prompt", "ROMEO:", "--seed", "3")
+    other = generate(capsys, model_dir, "--prompt", "ROMEO:", "--seed", "4", "--top-k", "5")
+    assert first == again and first.startswith("ROMEO:") and len(first) == len("ROMEO:") + 61
+    assert other != first
+
+
+def test_top_k_one_always_takes_the_likeliest_character(model_dir, capsys):
+    seeds = [generate(capsys, model_dir, "--top-k", "1", "--seed", s) for s in ("1", "2")]
+    assert seeds[0] == seeds[1]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--prompt", "ROMEO~"], "--prompt has characters the model never saw: ['~']"),
+        (["--epochs", "3"], "--generate uses the checkpoint's settings"),
+        (["--top-k", "-1"], "--top-k must be 0 (off) or more"),
+    ],
+)
+def test_bad_generation_requests_are_one_line(model_dir, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main(["--generate", "10", "--out-dir", str(model_dir), *flags])
+    said = str(exit_info.value.code) + capsys.readouterr().err
+    assert message in said
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--width", "30", "--heads", "4"], "--width (30) must be a multiple of --heads (4)"),
+        (["--context", "4000"], "is shorter than --context"),
+    ],
+)
+def test_bad_model_settings_are_one_line(data_dir, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(tmp_path), *flags])
+    said = str(exit_info.value.code) + capsys.readouterr().err
+    assert message in said
+
+
+def test_generate_without_a_model_says_how_to_train_one(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main(["--generate", "10", "--out-dir", str(tmp_path)])
+    assert "train first with python gpt_char_lm.py" in str(exit_info.value.code)
