@@ -202,6 +202,8 @@ def save_plots(history, step_losses, out_dir):
 
 # ---- the same in every script of this collection ----
 def parse_with_common_flags(p, argv, data, fp16=True):
+    # Output to a file or pipe on Windows is in a code page: what it lacks prints as an escape.
+    getattr(sys.stdout, "reconfigure", lambda **_: None)(errors="backslashreplace")
     add = p.add_argument
     add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
     add("--device", default="auto", choices="auto cpu cuda mps xpu".split(), help="auto: any GPU")
@@ -216,7 +218,6 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
-# An argparse type: a number of `kind` above zero.
 def positive(kind):
     def parse(text):
         with contextlib.suppress(ValueError):
@@ -228,7 +229,6 @@ def positive(kind):
 
 
 def pick_device_and_precision(args, fp16=True):
-    """Set args.device and args.precision: as asked, or for 'auto' the best the hardware has."""
     found = torch.accelerator.current_accelerator(check_available=True)
     device = torch.device((found or "cpu") if args.device == "auto" else args.device)
     try:
@@ -236,19 +236,20 @@ def pick_device_and_precision(args, fp16=True):
         torch.ones(1, device=device).add_(1).item()
     except Exception as err:
         if args.device != "auto":
-            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
+            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu, or README: Set up")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    # Native bf16: Ampere+ NVIDIA GPUs, Intel GPUs, CPUs with AVX-512 BF16 or AMX (not emulated).
-    kind, cpu, native = device.type, torch.cpu, False
+    # Native bf16: Ampere+ NVIDIA, Intel and Apple (macOS 14+) GPUs, CPUs with AVX-512 BF16 or AMX.
+    kind, native = device.type, device.type == "mps" and torch.backends.mps.is_macos_or_newer(14, 0)
     with contextlib.suppress(Exception):
-        cpu_bf16 = cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
-        native = cpu_bf16 if kind == "cpu" else getattr(torch, kind).is_bf16_supported(False)
+        cpu = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        native = cpu if kind == "cpu" else native or getattr(torch, kind).is_bf16_supported(False)
     best = "bf16" if native else "fp16" if kind == "cuda" and fp16 else "fp32"
     args.device, args.precision = device, best if args.precision == "auto" else args.precision
     if args.precision == "bf16" and kind != "cpu" and not native:
         sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
-    name = torch.cuda.get_device_name() if kind == "cuda" else f"{torch.get_num_threads()} threads"
+    name = dict(cpu=f"{torch.get_num_threads()} threads", mps="Apple GPU").get(kind)
+    name = name or getattr(torch, kind).get_device_name()
     print(f"device: {device} ({name}); precision: {args.precision} (native bf16: {native})")
 
 

@@ -1,5 +1,7 @@
 import importlib.util
+import io
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -66,12 +68,38 @@ def offline(monkeypatch):
 
 
 def load_script(relative_path):
-    """Import a script as a module (its main() does not run), to test its pieces."""
+    """Import a script as a module (its main() does not run), to test its pieces. Registered under
+    its name, with its folder on sys.path, as an imported module is: a DataLoader worker started
+    by "spawn" (macOS, Windows) or "forkserver" (Linux from Python 3.14) unpickles the script's
+    functions by importing it by that name, and refuses a function that is not sys.modules'."""
     path = REPO / relative_path
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
+
+
+# How DataLoader worker processes start: the platform's default ("fork" on Linux up to Python
+# 3.13), and "spawn", the default on macOS and Windows, which imports the script afresh in each.
+START_METHODS = sorted({multiprocessing.get_start_method(), "spawn"})
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request):
+    """Run the test with worker processes started by each method of START_METHODS."""
+    default = multiprocessing.get_start_method()
+    multiprocessing.set_start_method(request.param, force=True)
+    yield request.param
+    multiprocessing.set_start_method(default, force=True)
+
+
+def stdin_bytes(monkeypatch, data):
+    """Standard input holding these bytes (or this text as UTF-8), as a pipe would give them."""
+    data = data.encode() if isinstance(data, str) else data
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""Device and precision choice on hardware CI does not have (CUDA GPUs old and new, Apple MPS,
-CPUs with and without bfloat16), by mocking what each script asks PyTorch; fp16 paths on a CPU."""
+"""Device and precision choice on hardware CI does not have (CUDA GPUs old and new, Apple GPUs on
+macOS 13 and 14, Intel GPUs, CPUs with and without bfloat16), by mocking what each script asks
+PyTorch; fp16 paths on a CPU."""
 
 import inspect
 import subprocess
@@ -63,6 +64,15 @@ def fake_gpu(monkeypatch, capability):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: native_bf16)
 
 
+def fake_mac(monkeypatch, macos):
+    """Pretend PyTorch finds a working Apple GPU (MPS) on this version of macOS."""
+    monkeypatch.setattr(
+        torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("mps")
+    )
+    monkeypatch.setattr(torch, "ones", lambda *a, **k: torch.zeros(1))
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda *version: macos >= version)
+
+
 def choose(module, device="auto", precision="auto"):
     args = SimpleNamespace(device=device, precision=precision)
     module.pick_device_and_precision(args)
@@ -86,8 +96,21 @@ def test_a_plain_script_on_an_old_gpu_falls_back_to_fp32(monkeypatch):
     assert args.precision == "fp32"
 
 
-def test_bf16_asked_for_on_a_gpu_without_it_is_a_one_line_error(monkeypatch):
-    fake_gpu(monkeypatch, (7, 5))
+@pytest.mark.parametrize(
+    "macos, expected", [((13, 6), "fp32"), ((14, 0), "bf16"), ((15, 2), "bf16")]
+)
+def test_apple_gpus_get_bf16_from_macos_14(monkeypatch, capsys, macos, expected):
+    """PyTorch has no torch.mps.is_bf16_supported: MPS has bf16 from macOS 14 on."""
+    fake_mac(monkeypatch, macos)
+    assert choose(ANY_SCRIPT) == (torch.device("mps"), expected)
+    assert f"device: mps (Apple GPU); precision: {expected}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "fake", [lambda m: fake_gpu(m, (7, 5)), lambda m: fake_mac(m, (13, 6))], ids=["T4", "macOS 13"]
+)
+def test_bf16_asked_for_on_a_gpu_without_it_is_a_one_line_error(monkeypatch, fake):
+    fake(monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         choose(ANY_SCRIPT, precision="bf16")
     assert str(exit_info.value.code).startswith("error: --precision bf16")
@@ -133,6 +156,7 @@ def test_intel_gpus_get_bf16_where_native(monkeypatch, native, expected):
     )
     monkeypatch.setattr(torch, "ones", lambda *a, **k: torch.zeros(1))
     monkeypatch.setattr(torch.xpu, "is_bf16_supported", lambda *a, **k: native)
+    monkeypatch.setattr(torch.xpu, "get_device_name", lambda *a: "Fake Arc")
     assert choose(ANY_SCRIPT) == (torch.device("xpu"), expected)
 
 
@@ -157,7 +181,7 @@ def test_a_gpu_that_fails_its_test_is_passed_over_or_refused(monkeypatch, capsys
         choose(ANY_SCRIPT, device="cuda")
     message = str(exit_info.value.code)
     assert message.startswith("error: --device cuda: ") and "--device cpu" in message
-    assert "\n" not in message
+    assert "README: Set up" in message and "\n" not in message
 
 
 def test_channels_last_only_where_it_helps():

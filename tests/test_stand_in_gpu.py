@@ -14,6 +14,7 @@ not once per step.
 
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -88,6 +89,9 @@ def stand_in_gpu(monkeypatch):
         torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("meta")
     )
     monkeypatch.setattr(torch.accelerator, "max_memory_allocated", lambda *a: 0)
+    # The device line names the GPU, as torch.cuda.get_device_name() does for CUDA.
+    gpu = SimpleNamespace(get_device_name=lambda: "stand-in GPU")
+    monkeypatch.setattr(torch, "meta", gpu, raising=False)
     # Fused optimiser kernels run on every GPU type, and have a meta version.
     supported = optimizer_module._get_fused_kernels_supported_devices()
     monkeypatch.setattr(
@@ -139,7 +143,7 @@ SCRIPTS = [str(p.relative_to(REPO)) for p in all_scripts()]
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_dry_run_on_the_stand_in_gpu(script, data_dir, tmp_path, stand_in_gpu, capsys):
     counted, out_dir = run(script, ["--dry-run"], data_dir, tmp_path, stand_in_gpu)
-    assert "device: meta" in capsys.readouterr().out
+    assert "device: meta (stand-in GPU)" in capsys.readouterr().out
     assert counted["steps"] >= 1
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["device"] == "meta" and metrics["peak_gpu_memory_mb"] == 0
@@ -226,14 +230,24 @@ def test_other_modes_on_the_stand_in_gpu(script, flags, data_dir, tmp_path, stan
 
 
 @pytest.mark.parametrize("script", ["conv_net_cifar.py", "resnet_cifar.py"])
-@pytest.mark.parametrize("in_memory", [True, False], ids=["decoded once", "read from disk"])
-def test_own_images_on_the_stand_in_gpu(script, in_memory, tmp_path, stand_in_gpu, monkeypatch):
+def test_own_images_decoded_once_on_the_stand_in_gpu(script, tmp_path, stand_in_gpu):
+    train_on_own_images(load_script(script), tmp_path)
+
+
+@pytest.mark.parametrize("script", ["conv_net_cifar.py", "resnet_cifar.py"])
+def test_own_images_read_from_disk_on_the_stand_in_gpu(
+    script, tmp_path, stand_in_gpu, monkeypatch, start_method
+):
+    """Read by DataLoader worker processes every epoch, started as each platform starts them."""
+    module = load_script(script)
+    monkeypatch.setattr(module, "IN_MEMORY_LIMIT_MB", 0)
+    train_on_own_images(module, tmp_path)
+
+
+def train_on_own_images(module, tmp_path):
     from test_cifar import write_image_folder
 
     folder = write_image_folder(tmp_path / "images")
-    module = load_script(script)
-    if not in_memory:
-        monkeypatch.setattr(module, "IN_MEMORY_LIMIT_MB", 0)
     module.main(["--image-folder", str(folder), "--epochs", "2", "--out-dir", str(tmp_path / "o")])
     checkpoint = torch.load(tmp_path / "o" / "model.pt", weights_only=True)
     assert {t.device.type for t in checkpoint["weights"].values()} == {"cpu"}
