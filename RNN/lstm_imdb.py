@@ -380,10 +380,12 @@ def parse_args(argv=None):
 
 
 def read_texts(predict_args):
-    """The texts given to --predict; '-' alone means one text per line of standard input."""
+    """The texts given to --predict; '-' alone means one text per line of standard input, read as
+    UTF-8 bytes: decoded in the console's code page (cp1252 on Windows) accents would garble."""
     if predict_args != ["-"]:
         return predict_args
-    texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    text = decode_utf8(sys.stdin.buffer.read(), "standard input")
+    texts = [line for line in text.splitlines() if line.strip()]
     if not texts:
         sys.exit("error: --predict - read no text from standard input: give one text per line")
     return texts
@@ -511,14 +513,19 @@ def read_csv(path, text_column, label_column, classes=None):
 def read_utf8(path):
     """A file's text, or a one-line error naming the file, and the line that is not UTF-8."""
     try:
-        data = path.read_bytes()
+        return decode_utf8(path.read_bytes(), path)
+    except OSError as err:
+        sys.exit(f"error: could not read {path} ({type(err).__name__}: {err.strerror})")
+
+
+def decode_utf8(data, source):
+    """Bytes as text, or a one-line error naming their source and the line that is not UTF-8."""
+    try:
         # utf-8-sig: also UTF-8 with the byte-order mark some editors (and Excel) put first.
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        sys.exit(f"error: {path} line {line} is not UTF-8 text: save it as UTF-8")
-    except OSError as err:
-        sys.exit(f"error: could not read {path} ({type(err).__name__}: {err.strerror})")
+        sys.exit(f"error: {source} line {line} is not UTF-8 text: save it as UTF-8")
 
 
 def save_checkpoint(model, vocab, config, path):

@@ -367,10 +367,18 @@ def parse_args(argv=None):
 
 
 def read_texts(predict_args):
-    """The texts given to --predict; '-' alone means one text per line of standard input."""
+    """The texts given to --predict; '-' alone means one text per line of standard input, read as
+    UTF-8 bytes: decoded in the console's code page (cp1252 on Windows) accents would garble."""
     if predict_args != ["-"]:
         return predict_args
-    texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    data = sys.stdin.buffer.read()
+    try:
+        # utf-8-sig: also UTF-8 with the byte-order mark some editors (and PowerShell) put first.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        sys.exit(f"error: standard input line {line} is not UTF-8 text: give it UTF-8")
+    texts = [line for line in text.splitlines() if line.strip()]
     if not texts:
         sys.exit("error: --predict - read no text from standard input: give one review per line")
     return texts

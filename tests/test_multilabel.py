@@ -1,7 +1,6 @@
 """RNN/lstm_multilabel.py: its two loaders, the multilabel figures, the thresholds, the checkpoint
 and --predict, and its one-line errors."""
 
-import io
 import json
 import re
 import shutil
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 import fixtures
-from conftest import load_script
+from conftest import load_script, stdin_bytes
 
 ml = load_script("RNN/lstm_multilabel.py")
 JIGSAW = "jigsaw-toxic-comment-classification-challenge"
@@ -226,7 +225,7 @@ def test_predict_gives_the_trained_models_probabilities_from_flags_and_stdin(
     checkpoint = ["--checkpoint", str(trained["out_dir"] / "model.pt")]
     ml.main(checkpoint + [flag for text in TEXTS for flag in ("--predict", text)])
     from_flags = printed_predictions(capsys.readouterr().out)
-    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(TEXTS[:2]) + "\n\n  \n" + TEXTS[2]))
+    stdin_bytes(monkeypatch, "\n".join(TEXTS[:2]) + "\n\n  \n" + TEXTS[2])
     ml.main(checkpoint + ["--predict", "-"])
     from_stdin = printed_predictions(capsys.readouterr().out)
     expected = expected_predictions(trained)

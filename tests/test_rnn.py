@@ -1,7 +1,6 @@
 """RNN/ and the Transformer's IMDB pipeline: tokens, vocabulary, padding invariance, truncated BPTT,
 the counting data, checkpoints and --predict. (Attention itself: test_transformer.py.)"""
 
-import io
 import random
 import re
 from collections import Counter
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 import fixtures
-from conftest import load_script
+from conftest import load_script, stdin_bytes
 
 chars = load_script("RNN/lstm_net_counting_chars.py")
 imdb = load_script("RNN/lstm_imdb.py")
@@ -259,14 +258,25 @@ def test_predict_round_trip(trained, capsys):
 
 def test_predict_reads_lines_from_stdin(trained, capsys, monkeypatch):
     script, checkpoint = trained
-    monkeypatch.setattr("sys.stdin", io.StringIO("A wonderful film.\n\nTerrible, terrible.\nOk\n"))
+    stdin_bytes(monkeypatch, "A wonderful film.\n\nTerrible, terrible.\r\nOk\n")
     script.main(["--checkpoint", str(checkpoint), "--predict", "-"])
     assert len(predicted(capsys.readouterr().out)) == 3  # blank lines skipped
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("\n  \n"))
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\n  \n", "error: --predict - read no text"),
+        (b"A fine film.\nDull caf\xe9 (Latin-1)\n", "error: standard input line 2 is not UTF-8"),
+    ],
+    ids=["blank", "not-utf8"],
+)
+def test_predict_bad_stdin_is_a_one_line_error(trained, monkeypatch, data, message):
+    script, checkpoint = trained
+    stdin_bytes(monkeypatch, data)
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--checkpoint", str(checkpoint), "--predict", "-"])
-    assert str(exit_info.value.code).startswith("error: --predict - read no text")
+    assert str(exit_info.value.code).startswith(message)
 
 
 @pytest.mark.parametrize(
