@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset, random_split
 from torchvision.datasets import CIFAR10, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import ToTensor
 from tqdm import tqdm
 
@@ -400,13 +401,30 @@ def parse_args(argv=None):
 
 
 def image_files(paths):
-    """The files given, and the files in the folders given (sorted); a missing path: one line."""
-    files = []
+    """The files given, and the image files in the folders given (sorted), as is_image_file()
+    says; a folder's other files are skipped and named, a missing path is a one-line error."""
+    files, skipped = [], []
     for path in paths:
         if not path.exists():
             sys.exit(f"error: --predict {path}: no such file or folder")
-        files += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        if not path.is_dir():
+            files.append(path)
+            continue
+        in_folder = sorted(p for p in path.iterdir() if p.is_file())
+        files += [p for p in in_folder if is_image_file(p)]
+        skipped += [p.name for p in in_folder if not is_image_file(p)]
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        print(f"skipped, not images: {', '.join(skipped[:5])}{more}")
+    if not files:
+        sys.exit(f"error: --predict found no images ({', '.join(IMG_EXTENSIONS)} files)")
     return files
+
+
+def is_image_file(path):
+    """Whether a file in a folder is read as an image: one of the extensions torchvision reads,
+    and not hidden (Finder's .DS_Store, and the ._ files macOS writes beside copied images)."""
+    return Path(path).suffix.lower() in IMG_EXTENSIONS and not Path(path).name.startswith(".")
 
 
 def load_checkpoint(path, device):
@@ -437,7 +455,7 @@ def batches(dataset, args, shuffle=False):
         sampler = BatchSampler(indices, args.batch_size, drop_last=False)
         return DataLoader(dataset, sampler=sampler, batch_size=None)
     pin = args.device.type == "cuda"
-    return DataLoader(
+    return WorkerBatches(
         dataset, args.batch_size, shuffle, num_workers=2, pin_memory=pin, persistent_workers=True
     )
 
@@ -480,7 +498,7 @@ def load_image_folder(folder, seed, device):
         sys.exit(f"error: no {folder / 'train'}/ folder: --image-folder wants DIR/train/<class>/*")
     try:
         train_set, test_set = (
-            ImageFolder(folder / name, ToTensor(), loader=open_image)
+            ImageFolder(folder / name, ToTensor(), loader=open_image, is_valid_file=is_image_file)
             if (folder / name).is_dir()
             else None
             for name in ("train", "test")
@@ -518,7 +536,28 @@ def open_image(path):
         with Image.open(path) as image:
             return image.convert("RGB" if CHANNELS == 3 else "L").resize((SIZE, SIZE))
     except OSError as err:
-        sys.exit(f"error: {path} is not an image this script can read ({err!r})")
+        message = f"error: {path} is not an image this script can read ({err!r})"
+        # In a DataLoader worker process sys.exit would end that process alone (and the run in a
+        # long traceback): the error goes back to the main process, where WorkerBatches stops.
+        if torch.utils.data.get_worker_info() is not None:
+            raise NotAnImage(message) from None
+        sys.exit(message)
+
+
+class NotAnImage(Exception):
+    """A file that is not an image, met by a DataLoader worker process."""
+
+
+class WorkerBatches(DataLoader):
+    """A DataLoader whose worker processes decode images from disk. A worker's NotAnImage comes
+    back to the main process with the worker's traceback as its message: the run stops with the
+    traceback's last line, the one-line error."""
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except NotAnImage as err:
+            sys.exit(str(err).strip().splitlines()[-1].split(": ", 1)[1])
 
 
 def report_classes(predictions, loader, classes, out_dir):

@@ -116,12 +116,28 @@ def write_image_folder(root, test=True, per_class=6):
     return root
 
 
+# Files beside a folder's images that are not images: Finder's, the ._ files macOS writes beside
+# files it copies to other disks (named like images), Windows Explorer's, and a note.
+NOT_IMAGES = {
+    ".DS_Store": b"\x00\x00\x00\x01Bud1",
+    "._ant_000.png": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X",
+    "Thumbs.db": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+    "desktop.ini": b"[.ShellClassInfo]\r\n",
+    "notes.txt": b"taken in the garden",
+}
+
+
+def add_files_that_are_not_images(folder):
+    for name, content in NOT_IMAGES.items():
+        (folder / name).write_bytes(content)
+
+
 @pytest.mark.parametrize("script", IMAGE_SCRIPTS)
 def test_image_folder_reads_any_size_and_mode_into_the_network_input(script, tmp_path):
     module = load_script(script)
-    (train, test), classes = module.load_image_folder(
-        write_image_folder(tmp_path), seed=0, device=torch.device("cpu")
-    )
+    folder = write_image_folder(tmp_path)
+    add_files_that_are_not_images(folder / "train" / "ant")
+    (train, test), classes = module.load_image_folder(folder, seed=0, device=torch.device("cpu"))
     assert classes == CLASSES and len(train) == len(test) == 3 * 6
     images, labels = train.tensors
     assert images.shape == (18, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
@@ -167,13 +183,16 @@ def test_bad_image_folders_are_one_line_errors(script, damage, tmp_path):
 
 
 @pytest.mark.parametrize("script", IMAGE_SCRIPTS)
-def test_a_bad_image_read_from_disk_by_a_worker_is_a_one_line_error(script, tmp_path, monkeypatch):
+def test_a_bad_image_read_from_disk_by_a_worker_is_a_one_line_error(
+    script, tmp_path, monkeypatch, start_method
+):
     """A large folder is read by worker processes every epoch: a file that is not an image, met
-    there, still stops the run in one line (not a worker traceback)."""
+    there, still stops the run in one line (not a worker traceback). It is a test image: the
+    main process reads only training images (for their mean and std) before the workers do."""
     module = load_script(script)
     monkeypatch.setattr(module, "IN_MEMORY_LIMIT_MB", 0)
     folder = write_image_folder(tmp_path / "images")
-    (folder / "train" / "cow" / "cow_000.png").write_text("not a picture")
+    (folder / "test" / "cow" / "cow_000.png").write_text("not a picture")
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--image-folder", str(folder), "--out-dir", str(tmp_path / "out")])
     message = str(exit_info.value.code)
@@ -224,6 +243,31 @@ def test_image_folder_trains_end_to_end(script, tmp_path, script_env):
         assert (
             len(chances) == 3 and chances == sorted(chances, reverse=True) and sum(chances) <= 1.002
         )
+
+
+@pytest.mark.parametrize("script", IMAGE_SCRIPTS)
+def test_predict_takes_a_folders_images_and_names_the_other_files(script, tmp_path, capsys):
+    module = load_script(script)
+    network = getattr(module, "ConvNet", getattr(module, "ResNet", None))(num_classes=3)
+    model = tmp_path / "model.pt"
+    torch.save(
+        dict(weights=network.state_dict(), config=dict(num_classes=3), classes=CLASSES), model
+    )
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("ant_000.png", "bee.JPG"):
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(folder / name)
+    add_files_that_are_not_images(folder)
+    module.main(["--predict", str(folder), "--checkpoint", str(model)])
+    lines = capsys.readouterr().out.splitlines()
+    predicted = [line.split(": ")[0] for line in lines if line.startswith(str(folder))]
+    assert predicted == [str(folder / "ant_000.png"), str(folder / "bee.JPG")]
+    assert f"skipped, not images: {', '.join(sorted(NOT_IMAGES))}" in lines
+    (folder / "ant_000.png").unlink()
+    (folder / "bee.JPG").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--predict", str(folder), "--checkpoint", str(model)])
+    assert str(exit_info.value.code).startswith("error: --predict found no images (.jpg, ")
 
 
 @pytest.mark.parametrize(
