@@ -317,13 +317,18 @@ def start_process_group(args):
     # NCCL carries CUDA tensors, XCCL Intel GPUs' (XPU), Gloo CPU tensors.
     gpu_backends = dict(cuda="nccl", xpu="xccl")
     backend = args.backend if args.backend != "auto" else gpu_backends.get(device.type, "gloo")
+    # PyTorch for Windows has no NCCL: there Gloo carries the CUDA tensors (its all-reduce and
+    # broadcast, all DDP needs, work on them), more slowly.
+    if args.backend == "auto" and backend == "nccl" and not dist.is_backend_available("nccl"):
+        backend = "gloo"
     needs = dict(nccl="cuda", xccl="xpu")
     if needs.get(backend, device.type) != device.type or backend == "gloo" and device.type == "xpu":
         sys.exit(
             f"error: --backend {backend} cannot carry {device.type} tensors: use --backend auto"
         )
     if not dist.is_backend_available(backend):
-        sys.exit(f"error: this PyTorch build has no {backend} backend: use --backend auto")
+        fix = "--device cpu" if args.backend == "auto" else "--backend auto"
+        sys.exit(f"error: this PyTorch build has no {backend} backend: use {fix}")
     if "MASTER_ADDR" in env:
         store = rendezvous_store(env, rank, size, args.timeout)
     elif size == 1:
@@ -372,6 +377,8 @@ def rendezvous_store(env, rank, size, timeout):
             # Under torchrun the agent runs the store; started some other way, rank 0 does.
             is_master=rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") != "True",
             timeout=timedelta(seconds=timeout),
+            # PyTorch for Windows is built without libuv, the default store's server.
+            use_libuv=sys.platform != "win32",
         )
     except (RuntimeError, dist.DistError) as err:
         sys.exit(

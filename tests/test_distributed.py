@@ -152,19 +152,37 @@ def test_killed_worker_is_restarted_and_resumes(tmp_path, data_dir, script_env, 
 
 def test_two_nodes_meet_over_localhost_for_a_dry_run(tmp_path, data_dir, script_env):
     endpoint = f"127.0.0.1:{free_port()}"
-    nodes = []
+    launches = []
     for node_rank in (0, 1):
         launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
         launch += ["--node-rank", str(node_rank), "--nproc-per-node", "1"]
         launch += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "test"]
         launch += [SCRIPT, "--dry-run", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)]
-        nodes.append(
-            subprocess.Popen(
-                launch, env=script_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-    outputs = [node.communicate(timeout=60) for node in nodes]
-    for node, (out, err) in zip(nodes, outputs):
-        assert node.returncode == 0, out + err
+        launches.append((launch, script_env))
+    outputs = run_together(launches)
     assert metrics(tmp_path)["world_size"] == 2
-    assert "processes: 2 (gloo)" in outputs[0][0] + outputs[1][0]
+    assert "processes: 2 (gloo)" in "".join(outputs)
+
+
+def test_two_processes_started_by_hand_meet_as_on_windows(tmp_path, data_dir, script_env):
+    """torchrun stops on Windows (its store needs libuv): the variables it would set, given by
+    hand to each process, as distributed/README.md shows; rank 0 then runs the store."""
+    env = dict(script_env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    env.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    launch = [sys.executable, SCRIPT, "--dry-run", "--data-dir", str(data_dir)]
+    launch += ["--out-dir", str(tmp_path)]
+    outputs = run_together([(launch, dict(env, RANK=r, LOCAL_RANK=r)) for r in ("0", "1")])
+    assert metrics(tmp_path)["world_size"] == 2
+    assert "processes: 2 (gloo)" in "".join(outputs)
+
+
+def run_together(launches):
+    """Start every (command, environment) at once; their outputs, once all have ended well."""
+    processes = [
+        subprocess.Popen(launch, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for launch, env in launches
+    ]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, out + err
+    return [out for out, _ in outputs]
