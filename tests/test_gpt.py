@@ -61,25 +61,30 @@ def test_evaluation_scores_every_character_once(length, context):
     assert all(start + skip >= context // 2 for start, skip in zip(starts[1:], first[1:]))
 
 
-def test_one_epoch_makes_every_character_a_target_once():
+def test_an_epoch_makes_every_character_a_target_once():
     torch.manual_seed(0)
-    model = gpt.GPT(100, context=8, width=8, layers=1, heads=2)
+    windows = gpt.shuffled_windows(torch.arange(100), 8)
+    # 100 characters from a random offset below 8: 11 or 12 windows of 9, each starting where
+    # the one before ended (its last character is the next one's first input), shuffled.
+    offset = int(windows[:, 0].min())
+    assert len(windows) in (11, 12) and windows.shape[1] == 9
+    assert sorted(windows[:, 0].tolist()) == list(range(offset, offset + 8 * len(windows), 8))
+    assert all(torch.equal(w, torch.arange(w[0], w[0] + 9)) for w in windows)
+    assert windows[:, 0].tolist() != sorted(windows[:, 0].tolist())
+    # Other seeds, other offsets: the windows' borders move from epoch to epoch.
+    offsets = {int(gpt.shuffled_windows(torch.arange(100), 8)[:, 0].min() % 8) for _ in range(20)}
+    assert len(offsets) > 1
+
+
+def test_one_epoch_takes_one_step_per_batch():
+    torch.manual_seed(0)
+    model = gpt.GPT(12, context=8, width=8, layers=1, heads=2)
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    seen = []
-    real_forward = model.forward
-    model.forward = lambda chars: seen.append(chars.clone()) or real_forward(chars)
-    ids = torch.arange(100)
-    amp = (torch.autocast("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=False), 3)
-    figures = gpt.train_one_epoch(model, ids, optimizer, scheduler, amp)
-    windows = torch.cat(seen)
-    # 100 characters from a random offset below 8: 11 or 12 windows of 8, in batches of 3.
-    assert len(windows) in (11, 12) and scheduler.last_epoch == len(seen) == -(-len(windows) // 3)
-    assert figures["train_loss"] > 0
-    # The windows are consecutive pieces of the text, shuffled: every character is a target once.
-    offset = int(windows[:, 0].min())
-    assert sorted(windows[:, 0].tolist()) == list(range(offset, offset + 8 * len(windows), 8))
-    assert windows[:, 0].tolist() != sorted(windows[:, 0].tolist())
+    batches = gpt.shuffled_windows(torch.arange(100) % 12, 8).split(3)
+    amp = (torch.autocast("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=False))
+    figures = gpt.train_one_epoch(model, batches, optimizer, scheduler, amp)
+    assert scheduler.last_epoch == len(batches) and 0 < figures["train_loss"] < 10
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,13 @@
 """A GPT, written out: a decoder-only Transformer that reads Shakespeare, then writes more of it.
 
-The task of RNN/lstm_char_lm.py, with causal self-attention (this script's one idea) in place of
-the LSTM's state. The LSTM squeezes all it has read into one state vector, updated character by
-character; attention lets every position look back at every earlier character of its window
-directly, and computes all positions of a window at once instead of one after another.
+RNN/lstm_char_lm.py's task, with causal self-attention (this script's one idea) in place of the
+LSTM's state, which squeezes all it has read into one vector, character by character: attention
+lets each position of a window look back at every earlier one directly, all positions at once.
 
 Model:  character embedding + learned position embedding (width 128, windows of 128 characters)
         -> 4 pre-LayerNorm blocks (4-head causal self-attention, a GELU MLP of 512) ->
         LayerNorm -> linear to every character, sharing the embedding's weights (0.8M weights).
-Training: the training text cut into windows at a new random offset every epoch, in a new random
-        order; AdamW (weight decay on matrices only), linear warm-up then cosine decay.
+Training: shuffled windows of the text; AdamW (weight decay on matrices only), warm-up, cosine.
 Data:   tiny Shakespeare, read as RNN/lstm_char_lm.py reads it (the same file, vocabulary and
         90%/10% split); val_loss, nats per character over the whole validation text, compares.
 Expect: validation loss about 1.53 nats per character after the default 9 epochs, under 10
@@ -62,8 +60,7 @@ def attention_written_out(q, k, v):
     # character at once, and t's answer is the input at t + 1: unmasked, the model would copy it,
     # learn nothing, and fail when it writes, where the future does not exist yet. -inf becomes
     # a weight of exactly 0 after the softmax.
-    time_steps = q.size(-2)
-    future = torch.ones(time_steps, time_steps, dtype=torch.bool, device=q.device).triu(1)
+    future = torch.ones(q.size(-2), q.size(-2), dtype=torch.bool, device=q.device).triu(1)
     scores = scores.masked_fill(future, float("-inf"))
     return scores.softmax(dim=-1) @ v
 
@@ -94,8 +91,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN: each part reads a LayerNorm of its input and adds its output to it, so the input
-    also flows past it unchanged (a residual connection, as in resnet_cifar.py)."""
+    """Pre-LN: each part reads a LayerNorm of its input and adds its output back (a residual)."""
 
     def __init__(self, width, heads):
         super().__init__()
@@ -135,19 +131,22 @@ class GPT(nn.Module):
         return self.out(self.norm(self.blocks(self.embedding(chars) + self.position(positions))))
 
 
-def train_one_epoch(model, ids, optimizer, scheduler, amp):
-    """One pass over the training characters `ids`, in windows of the model's context: the mean
-    loss per character, as trained. amp is (autocast, GradScaler, batch size)."""
+def shuffled_windows(ids, context):
+    """`ids` cut into windows of context + 1 characters (inputs, and one on, targets) from a random
+    offset, shuffled: each character a target once, the borders moved from epoch to epoch."""
+    offset = int(torch.randint(context, ()))
+    windows = ids[offset:].unfold(0, context + 1, context)
+    return windows[torch.randperm(len(windows), device=ids.device)]
+
+
+def train_one_epoch(model, batches, optimizer, scheduler, amp):
+    """One pass over `batches` of windows: the mean loss per character, as trained."""
     model.train()
-    autocast, scaler, batch_size = amp
-    # A new random offset every epoch: the windows' borders move, each character is a target once.
-    offset = int(torch.randint(model.context, ()))
-    chunks = ids[offset:].unfold(0, model.context + 1, model.context)
-    chunks = chunks[torch.randperm(len(chunks), device=ids.device)]
+    autocast, scaler = amp
     # Summed on the device and read once, at the end: a read every step would make a GPU wait.
-    total_loss = torch.zeros((), device=ids.device)
+    total_loss, count = 0, 0
     # disable=None: a progress bar on a terminal only, not in a log file.
-    for batch in tqdm(chunks.split(batch_size), disable=None):
+    for batch in tqdm(batches, disable=None):
         # The targets are the inputs shifted by one: every position predicts its next character.
         inputs, targets = batch[:, :-1], batch[:, 1:]
         with autocast:
@@ -163,7 +162,8 @@ def train_one_epoch(model, ids, optimizer, scheduler, amp):
         scaler.update()
         scheduler.step()
         total_loss += loss.detach() * targets.numel()
-    return dict(train_loss=total_loss.item() / (len(chunks) * model.context))
+        count += targets.numel()
+    return dict(train_loss=float(total_loss) / count)
 
 
 def scored_windows(length, context):
@@ -230,15 +230,12 @@ def main(argv=None):
     if args.generate:
         model, chars = load_checkpoint(model_path, args.device)
         return print(generate(model, chars, args.prompt, args.generate, sampling))
-    # Mixed precision, as conv_net_cifar.py explains: matrix maths in bf16, or in fp16 with a
-    # GradScaler that keeps small gradients from vanishing (it does nothing otherwise).
+    # Mixed precision as conv_net_cifar.py explains (the GradScaler acts in fp16 only).
     dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
     autocast = torch.autocast(args.device.type, dtype, enabled=args.precision != "fp32")
     scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
 
-    text = read_text(download(args.data_dir))
-    if args.dry_run:
-        text = text[:5000]
+    text = read_text(download(args.data_dir))[: 5000 if args.dry_run else None]
     chars = sorted(set(text))
     index = {char: i for i, char in enumerate(chars)}
     ids = torch.tensor([index[c] for c in text])
@@ -269,8 +266,8 @@ def main(argv=None):
     history, best_val_loss = [], float("inf")
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        amp = (autocast, scaler, args.batch_size)
-        train_figures = train_one_epoch(model, train_ids, optimizer, scheduler, amp)
+        batches = shuffled_windows(train_ids, args.context).split(args.batch_size)
+        train_figures = train_one_epoch(model, batches, optimizer, scheduler, (autocast, scaler))
         seconds = time.perf_counter() - start
         val_figures = evaluate(model, val_ids, autocast, "val")
         log_epoch(history, epoch=epoch, **train_figures, **val_figures, seconds=seconds)
@@ -346,8 +343,7 @@ def read_text(path):
 
 
 def save_checkpoint(model, chars, config, path):
-    # CPU tensors (they load on any machine), strings and numbers only: loadable with
-    # torch.load(weights_only=True), which refuses to run code hidden in a file.
+    # CPU tensors, strings and numbers only: torch.load(weights_only=True) loads it anywhere.
     weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(dict(weights=weights, chars=chars, config=config), path)
@@ -381,6 +377,8 @@ def save_plots(history, out_dir):
 
 # ---- the same in every script of this collection ----
 def parse_with_common_flags(p, argv, data, fp16=True):
+    # Output to a file or pipe on Windows is in a code page: what it lacks prints as an escape.
+    getattr(sys.stdout, "reconfigure", lambda **_: None)(errors="backslashreplace")
     add = p.add_argument
     add("--seed", type=int, default=0, help="random seed (default 0): README says what it repeats")
     add("--device", default="auto", choices="auto cpu cuda mps xpu".split(), help="auto: any GPU")
@@ -395,7 +393,6 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
-# An argparse type: a number of `kind` above zero.
 def positive(kind):
     def parse(text):
         with contextlib.suppress(ValueError):
@@ -407,7 +404,6 @@ def positive(kind):
 
 
 def pick_device_and_precision(args, fp16=True):
-    """Set args.device and args.precision: as asked, or for 'auto' the best the hardware has."""
     found = torch.accelerator.current_accelerator(check_available=True)
     device = torch.device((found or "cpu") if args.device == "auto" else args.device)
     try:
@@ -415,19 +411,20 @@ def pick_device_and_precision(args, fp16=True):
         torch.ones(1, device=device).add_(1).item()
     except Exception as err:
         if args.device != "auto":
-            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu")
+            sys.exit(f"error: --device {args.device}: {err!r}; use --device cpu, or README: Set up")
         print(f"the {device} GPU failed a test ({err!r}): using the CPU")
         device = torch.device("cpu")
-    # Native bf16: Ampere+ NVIDIA GPUs, Intel GPUs, CPUs with AVX-512 BF16 or AMX (not emulated).
-    kind, cpu, native = device.type, torch.cpu, False
+    # Native bf16: Ampere+ NVIDIA, Intel and Apple (macOS 14+) GPUs, CPUs with AVX-512 BF16 or AMX.
+    kind, native = device.type, device.type == "mps" and torch.backends.mps.is_macos_or_newer(14, 0)
     with contextlib.suppress(Exception):
-        cpu_bf16 = cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
-        native = cpu_bf16 if kind == "cpu" else getattr(torch, kind).is_bf16_supported(False)
+        cpu = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        native = cpu if kind == "cpu" else native or getattr(torch, kind).is_bf16_supported(False)
     best = "bf16" if native else "fp16" if kind == "cuda" and fp16 else "fp32"
     args.device, args.precision = device, best if args.precision == "auto" else args.precision
     if args.precision == "bf16" and kind != "cpu" and not native:
         sys.exit(f"error: --precision bf16: this {device} has no native bf16; use --precision auto")
-    name = torch.cuda.get_device_name() if kind == "cuda" else f"{torch.get_num_threads()} threads"
+    name = dict(cpu=f"{torch.get_num_threads()} threads", mps="Apple GPU").get(kind)
+    name = name or getattr(torch, kind).get_device_name()
     print(f"device: {device} ({name}); precision: {args.precision} (native bf16: {native})")
 
 
