@@ -258,8 +258,8 @@ def parse_args(argv=None):
         "--backend",
         choices=["auto", "nccl", "xccl", "gloo"],
         default="auto",
-        help="how processes talk (default auto: NCCL between NVIDIA GPUs, XCCL between Intel "
-        "GPUs, Gloo on CPUs)",
+        help="how processes talk (default auto: NCCL between NVIDIA GPUs, or Gloo where PyTorch "
+        "has no NCCL, as on Windows; XCCL between Intel GPUs; Gloo on CPUs)",
     )
     add(
         "--timeout",
