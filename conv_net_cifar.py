@@ -137,8 +137,9 @@ def main(argv=None):
     # runs differ slightly from run to run: some GPU kernels add in a varying order).
     torch.manual_seed(args.seed)
     pick_device_and_precision(args)
+    model_path = args.checkpoint or args.out_dir / "model.pt"
     if args.predict:
-        return predict(args.predict, args.checkpoint or args.out_dir / "model.pt", args.device)
+        return predict(args.predict, model_path, args.device)
     # Mixed precision. Inside autocast, convolutions and matrix products run in a 16-bit
     # format (half the memory traffic, and faster units where the hardware has them), while
     # the weights, the sums that must stay exact and the loss stay in fp32.
@@ -200,7 +201,8 @@ def main(argv=None):
     # CPU tensors: model.pt loads on any machine, with or without the GPU it was trained on.
     weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
     checkpoint = dict(weights=weights, config=config, classes=list(classes))
-    torch.save(checkpoint, args.out_dir / "model.pt")
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, model_path)
 
 
 @torch.no_grad()
@@ -231,13 +233,16 @@ def parse_args(argv=None):
     add("--image-folder", type=Path, help="train on DIR/train/<class>/* (and DIR/test/) instead")
     add(
         "--predict",
+        action="extend",
         nargs="+",
         type=Path,
         metavar="IMAGE",
         help="the saved model's 3 likeliest classes for each image file, or each image in a folder",
     )
-    add("--checkpoint", type=Path, help="the model.pt --predict reads (default: OUT_DIR/model.pt)")
+    add("--checkpoint", type=Path, help="the saved model (default OUT_DIR/model.pt)")
     args = parse_with_common_flags(p, argv, data="cifar-10-batches-py/")
+    # A dry run writes its model into OUT_DIR/dry-run/, never over a trained one.
+    args.checkpoint = None if args.dry_run else args.checkpoint
     if args.image_folder and args.data_dir != p.get_default("data_dir"):
         p.error("--data-dir is for CIFAR-10: with --image-folder, leave it out")
     training = "epochs batch_size lr image_folder".split()
@@ -330,10 +335,10 @@ def load_cifar10(data_dir, device):
     decoded once, here, not image by image in every epoch (CIFAR-10 takes 700 MB as floats)."""
     download_cifar10(data_dir)
     splits = []
-    for split in (CIFAR10(data_dir, train=True), CIFAR10(data_dir, train=False)):
+    for dataset in (CIFAR10(data_dir, train=True), CIFAR10(data_dir, train=False)):
         # The files hold (N, height, width, channel) bytes; PyTorch wants (N, C, H, W).
-        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).float().div(255)
-        splits.append(TensorDataset(images.to(device), torch.tensor(split.targets).to(device)))
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).float().div(255)
+        splits.append(TensorDataset(images.to(device), torch.tensor(dataset.targets).to(device)))
     return splits
 
 
@@ -475,10 +480,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -523,7 +529,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

@@ -164,11 +164,11 @@ def load_split(data_dir, train, device):
     """One split as a TensorDataset on `device`: normalised (N, CHANNELS, SIZE, SIZE) images,
     decoded once, here, not image by image in every epoch, and their labels."""
     download(data_dir)
-    split = CIFAR10(data_dir, train=train)
+    dataset = CIFAR10(data_dir, train=train)
     # The files hold (N, height, width, channel) bytes; PyTorch wants (N, channel, height, width).
-    images = torch.from_numpy(split.data).permute(0, 3, 1, 2).float().div(255)
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).float().div(255)
     images = (images - torch.tensor(MEAN).view(-1, 1, 1)) / torch.tensor(STD).view(-1, 1, 1)
-    return TensorDataset(images.to(device), torch.tensor(split.targets).to(device))
+    return TensorDataset(images.to(device), torch.tensor(dataset.targets).to(device))
 
 
 def save_plots(history, out_dir):
@@ -196,10 +196,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -244,7 +245,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

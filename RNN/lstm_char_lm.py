@@ -104,22 +104,22 @@ def detach(state):
     return tuple(s.detach() for s in state)
 
 
-def train_one_epoch(model, streams, optimizer, scheduler, config):
-    """One pass over the training streams, `config["bptt"]` characters at a time: the mean
+def train_one_epoch(model, streams, optimizer, scheduler, training):
+    """One pass over the training streams, `training["bptt"]` characters at a time: the mean
     loss per character, as trained."""
     model.train()
     # Summed on the device and read once, at the end: a read every step would make a GPU wait.
     total_loss = torch.zeros((), device=streams.device)
     state = None
-    steps = math.ceil((streams.size(1) - 1) / config["bptt"])
+    steps = math.ceil((streams.size(1) - 1) / training["bptt"])
     # disable=None: a progress bar on a terminal only, not in a log file.
-    for inputs, targets in tqdm(windows(streams, config["bptt"]), total=steps, disable=None):
+    for inputs, targets in tqdm(windows(streams, training["bptt"]), total=steps, disable=None):
         # Carry the state over from the window before (its values: long-range context), but
         # detach it: without that, backward() would run back through every window read so far,
         # and memory and time per step would grow with each window.
         if state is not None:
             state = detach(state)
-        with config["autocast"]:
+        with training["autocast"]:
             logits, state = model(inputs, state)
         # cross_entropy takes raw logits (it applies log-softmax itself), flattened over the
         # streams and positions; float(): the loss summed in fp32 even under autocast.
@@ -205,12 +205,12 @@ def main(argv=None):
     chars = sorted(set(text))
     index = {char: i for i, char in enumerate(chars)}
     ids = torch.tensor([index[c] for c in text])
-    split = int(len(ids) * (1 - VAL_FRACTION))
-    train_streams = batchify(ids[:split], args.batch_size).to(args.device)
+    cut = int(len(ids) * (1 - VAL_FRACTION))
+    train_streams = batchify(ids[:cut], args.batch_size).to(args.device)
     # Few streams for validation: each is read whole, its state carried from start to end.
-    val_streams = batchify(ids[split:], 8).to(args.device)
+    val_streams = batchify(ids[cut:], 8).to(args.device)
     print(
-        f"data: {split} training and {len(ids) - split} validation characters; "
+        f"data: {cut} training and {len(ids) - cut} validation characters; "
         f"{len(chars)} distinct; {args.batch_size} streams of {train_streams.size(1)}"
     )
 
@@ -255,7 +255,7 @@ def parse_args(argv=None):
     add("--hidden", type=positive(int), default=512, help="LSTM units per layer (default 512)")
     add("--layers", type=positive(int), default=1, help="stacked LSTM layers (default 1)")
     add("--dropout", type=float, default=0.2, help="dropout on the LSTM's outputs (default 0.2)")
-    add("--checkpoint", type=Path, help="model to write, or to read with --generate")
+    add("--checkpoint", type=Path, help="the saved model (default OUT_DIR/model.pt)")
     add("--generate", type=positive(int), metavar="N", help="write N characters with the model")
     add("--prompt", default="\n", help="text to start --generate with (default a new line)")
     add(
@@ -273,7 +273,7 @@ def parse_args(argv=None):
     if not args.prompt:
         p.error("--prompt needs at least one character")
     if args.dry_run:
-        args.epochs, args.batch_size = 1, 4
+        args.epochs, args.batch_size, args.checkpoint = 1, 4, None
     return args
 
 
@@ -348,10 +348,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -396,7 +397,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

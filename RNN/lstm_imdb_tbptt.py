@@ -146,7 +146,7 @@ class SentimentLSTM(nn.Module):
         return self.out(self.dropout(outputs.gather(1, last).squeeze(1))), state
 
 
-def repackage_hidden(state):
+def detach(state):
     """The same state values, cut off from the graph of the chunks before: the truncation."""
     return tuple(s.detach() for s in state)
 
@@ -165,7 +165,7 @@ def train_one_epoch(model, loader, optimizer, amp, bptt):
         for start in range(0, tokens.size(1), bptt):
             # Keep the state's values, but cut the gradient's path back to earlier chunks.
             if state is not None:
-                state = repackage_hidden(state)
+                state = detach(state)
             # Each review's tokens in this chunk; reviews with some take a loss.
             in_chunk = (lengths - start).clamp(0, bptt)
             with autocast:
@@ -343,16 +343,13 @@ def parse_args(argv=None):
         default=2500,
         help="training reviews held out for validation (default 2500)",
     )
-    add(
-        "--checkpoint",
-        type=Path,
-        help="checkpoint to write, or to read with --predict (default: OUT_DIR/model.pt)",
-    )
+    add("--checkpoint", type=Path, help="the saved model (default OUT_DIR/model.pt)")
     add(
         "--predict",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="TEXT",
-        help="classify TEXT with the saved checkpoint instead of training (repeatable); "
+        help="classify each TEXT with the saved model instead of training (repeatable); "
         "'--predict -' alone reads one text per line from standard input",
     )
     args = parse_with_common_flags(p, argv, data="aclImdb/")
@@ -361,7 +358,7 @@ def parse_args(argv=None):
         p.error("--predict uses the checkpoint's settings: drop the training flags")
     # A tiny slice of the data through training and evaluation.
     if args.dry_run:
-        args.epochs, args.val_size, args.min_freq = 1, 8, 1
+        args.epochs, args.val_size, args.min_freq, args.checkpoint = 1, 8, 1, None
         args.batch_size = min(args.batch_size, 16)
     return args
 
@@ -492,10 +489,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -540,7 +538,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

@@ -120,13 +120,13 @@ def batches(sequences, targets, batch_size, generator=None):
 
 
 class MultilabelLSTM(nn.Module):
-    def __init__(self, vocab_size, labels, embedding, hidden, dropout=0.3):
+    def __init__(self, vocab_size, num_labels, embedding, hidden, dropout=0.3):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding)
         self.lstm = nn.LSTM(embedding, hidden, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(dropout)
         # One logit per label, from the max and the mean of both directions' outputs.
-        self.out = nn.Linear(4 * hidden, labels)
+        self.out = nn.Linear(4 * hidden, num_labels)
 
     def forward(self, tokens):
         embedded = self.dropout(self.embedding(tokens))
@@ -385,9 +385,9 @@ def parse_args(argv=None):
     add("--max-len", type=positive(int), default=200, help="last tokens kept (default 200)")
     add("--min-freq", type=positive(int), default=2, help="rarer words are <unk> (default 2)")
     add("--max-vocab", type=positive(int), default=20_000, help="vocabulary size (default 20000)")
-    add("--checkpoint", type=Path, help="written, or read by --predict (default OUT_DIR/model.pt)")
-    about = "label TEXT with the checkpoint (repeatable); '-': one text a line from stdin"
-    add("--predict", action="append", metavar="TEXT", help=about)
+    add("--checkpoint", type=Path, help="the saved model (default OUT_DIR/model.pt)")
+    about = "label each TEXT with the saved model (repeatable); '-': one text a line from stdin"
+    add("--predict", action="extend", nargs="+", metavar="TEXT", help=about)
     about = "your own comments instead of a dataset: a UTF-8 CSV file with a header row, a text "
     about += "column, and as labels every other column that holds only 0 and 1"
     add("--csv", type=Path, metavar="FILE", help=about)
@@ -406,7 +406,7 @@ def parse_args(argv=None):
     if args.csv and {"dataset", "data_dir"} & set(given):
         p.error("--dataset and --data-dir choose a dataset: drop them with --csv")
     if args.dry_run:
-        args.epochs, args.min_freq = 1, 1
+        args.epochs, args.min_freq, args.checkpoint = 1, 1, None
         args.batch_size = min(args.batch_size, 16)
     return args
 
@@ -505,8 +505,8 @@ def read_jigsaw(folder, seed):
     if missing := test_labels.keys() - test_texts.keys():
         sys.exit(f"error: test_labels.csv has ids that test.csv lacks, such as {min(missing)}")
     # Kaggle scored only the test comments whose labels are not -1: so does this script.
-    test = [(test_texts[key][0], labels) for key, (_, labels) in test_labels.items()]
-    test = [(text, labels) for text, labels in test if -1 not in labels]
+    test = [(test_texts[key][0], targets) for key, (_, targets) in test_labels.items()]
+    test = [(text, targets) for text, targets in test if -1 not in targets]
     train = list(train.values())
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
     val_size = round(VAL_FRACTION * len(train))
@@ -679,10 +679,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -727,7 +728,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

@@ -277,10 +277,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -325,7 +326,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

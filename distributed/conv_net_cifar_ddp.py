@@ -422,7 +422,9 @@ def load_cifar10(data_dir, device):
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         download = not (data_dir / CIFAR10.base_folder).exists()
-        splits = [CIFAR10(str(data_dir), train=train, download=download) for train in (True, False)]
+        datasets = [
+            CIFAR10(str(data_dir), train=train, download=download) for train in (True, False)
+        ]
     # No network, a broken connection, unpacked files failing their MD5 check:
     except (OSError, RuntimeError) as err:
         sys.exit(
@@ -432,15 +434,15 @@ def load_cifar10(data_dir, device):
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
     tensors = []
-    for split in splits:
+    for dataset in datasets:
         # The files hold (N, height, width, channel) bytes; PyTorch wants (N, C, H, W).
-        images = torch.from_numpy(split.data).to(device).permute(0, 3, 1, 2)
+        images = torch.from_numpy(dataset.data).to(device).permute(0, 3, 1, 2)
         images = (images.float().div(255) - mean) / std
         # channels_last (NHWC in memory) is the layout the fast CPU and CUDA convolutions prefer;
         # several MPS kernels do not support it.
         if device.type != "mps":
             images = images.contiguous(memory_format=torch.channels_last)
-        tensors.append((images, torch.tensor(split.targets, device=device)))
+        tensors.append((images, torch.tensor(dataset.targets, device=device)))
     return tensors
 
 
@@ -519,10 +521,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -567,7 +570,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

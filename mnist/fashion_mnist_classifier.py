@@ -12,8 +12,7 @@ Expect: about 0.89 test accuracy after the default 10 epochs, under 2 s an epoch
 Run:
     python mnist/fashion_mnist_classifier.py             # train with the defaults
     python mnist/fashion_mnist_classifier.py --dry-run   # a tiny run: checks the set-up
-    python mnist/fashion_mnist_classifier.py --eval-only \\
-        --checkpoint runs/fashion_mnist_classifier/model.pt
+    python mnist/fashion_mnist_classifier.py --eval-only   # measure the saved model again
 
 Training writes model.pt (the best epoch's checkpoint), metrics.json, curves.png and
 prediction.png into --out-dir; --eval-only writes evaluation.json and prediction.png.
@@ -63,13 +62,15 @@ class Classifier(nn.Module):
     def __init__(self, hidden_sizes=(256, 128, 64), dropout=0.2):
         super().__init__()
         sizes = [CHANNELS * SIZE * SIZE, *hidden_sizes]
-        self.hidden = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes, sizes[1:]))
+        self.hidden_layers = nn.ModuleList(
+            nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes, sizes[1:])
+        )
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(sizes[-1], len(CLASSES))
 
     def forward(self, images):
         x = images.flatten(1)
-        for layer in self.hidden:
+        for layer in self.hidden_layers:
             x = self.dropout(F.relu(layer(x)))
         # Log-probabilities, for F.nll_loss.
         return F.log_softmax(self.out(x), dim=1)
@@ -132,8 +133,9 @@ def main(argv=None):
         # One epoch of a few random examples (seeded): several classes, whatever the files' order.
         pick, args.epochs, args.val_size = torch.randperm(len(test_set))[:24], 1, 8
         train_set, test_set = TensorDataset(*train_set[pick]), TensorDataset(*test_set[pick[:16]])
+    model_path = args.checkpoint or args.out_dir / "model.pt"
     if args.eval_only:
-        return evaluate_checkpoint(args, test_set, autocast)
+        return evaluate_checkpoint(args, model_path, test_set, autocast)
     # Hold out a random (seeded) part of the training images to choose the best epoch with.
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))
     val_set = TensorDataset(*train_set[order[: args.val_size]])
@@ -149,7 +151,7 @@ def main(argv=None):
     # Adam adapts each weight's step size to its recent gradients: little tuning needed.
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    history, best_val_loss, model_path = [], float("inf"), args.out_dir / "model.pt"
+    history, best_val_loss = [], float("inf")
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         train_figures = train_one_epoch(model, train_loader, optimizer, (autocast, scaler))
@@ -182,15 +184,14 @@ def parse_args(argv=None):
     add("--batch-size", type=positive(int), default=128, help="images per step (default 128)")
     add("--lr", type=positive(float), default=1e-3, help="Adam learning rate (default 1e-3)")
     add("--val-size", type=positive(int), default=6000, help="images held out (default 6000)")
-    add("--checkpoint", type=Path, help="with --eval-only: the model.pt to measure")
+    add("--checkpoint", type=Path, help="the saved model (default OUT_DIR/model.pt)")
     add(
         "--eval-only", action="store_true", help="measure --checkpoint on the test set; no training"
     )
     args = parse_with_common_flags(p, argv, data="FashionMNIST/raw/")
-    if args.eval_only != (args.checkpoint is not None):
-        p.error(
-            "--eval-only needs --checkpoint PATH (a model.pt of an earlier run), and vice versa"
-        )
+    # A dry run trains into OUT_DIR/dry-run/, never over a trained model.
+    if args.dry_run and not args.eval_only:
+        args.checkpoint = None
     if args.eval_only and any(
         getattr(args, f) != p.get_default(f) for f in ("epochs", "lr", "batch_size", "val_size")
     ):
@@ -214,9 +215,9 @@ def download(data_dir):
 def load_split(data_dir, train, device):
     """One split as a TensorDataset on `device`: normalised (N, CHANNELS, SIZE, SIZE) images,
     decoded once, here, not image by image in every epoch, and their labels."""
-    split = FashionMNIST(data_dir, train=train)
-    images = (split.data.float().div(255).view(-1, CHANNELS, SIZE, SIZE) - MEAN) / STD
-    return TensorDataset(images.to(device), split.targets.to(device))
+    dataset = FashionMNIST(data_dir, train=train)
+    images = (dataset.data.float().div(255).view(-1, CHANNELS, SIZE, SIZE) - MEAN) / STD
+    return TensorDataset(images.to(device), dataset.targets.to(device))
 
 
 def save_checkpoint(model, config, path):
@@ -242,15 +243,15 @@ def load_checkpoint(path, device):
     return model
 
 
-def evaluate_checkpoint(args, test_set, autocast):
+def evaluate_checkpoint(args, model_path, test_set, autocast):
     """--eval-only: a saved model's test figures, in evaluation.json (metrics.json is left as
     the training run wrote it)."""
-    model = load_checkpoint(args.checkpoint, args.device)
+    model = load_checkpoint(model_path, args.device)
     test_figures = evaluate(model, DataLoader(test_set, batch_size=1000), autocast, "test")
     accuracy, loss = test_figures["test_accuracy"], test_figures["test_loss"]
     print(f"test accuracy {accuracy:.4f}  test loss {loss:.4f}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    evaluation = dict(checkpoint=str(args.checkpoint), **test_figures)
+    evaluation = dict(checkpoint=str(model_path), **test_figures)
     (args.out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     save_prediction(model, test_set, args.out_dir)
 
@@ -297,10 +298,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -345,7 +347,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

@@ -63,14 +63,16 @@ class FeedForwardNet(nn.Module):
         sizes = [CHANNELS * SIZE * SIZE] + [hidden_dim] * num_hidden
         # A plain Python list would hide the layers from .parameters() and .to(device):
         # nn.ModuleList registers them.
-        self.hidden = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes, sizes[1:]))
+        self.hidden_layers = nn.ModuleList(
+            nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes, sizes[1:])
+        )
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(sizes[-1], len(CLASSES))
         self.l1 = l1
 
     def forward(self, images):
         x = images.flatten(1)
-        for layer in self.hidden:
+        for layer in self.hidden_layers:
             x = self.dropout(F.relu(layer(x)))
         # Log-probabilities, for F.nll_loss. log_softmax then nll_loss is exactly what
         # F.cross_entropy does in one call on raw scores (the other scripts use that).
@@ -220,9 +222,9 @@ def download(data_dir):
 def load_split(data_dir, train, device):
     """One split as a TensorDataset on `device`: normalised (N, CHANNELS, SIZE, SIZE) images,
     decoded once, here, not image by image in every epoch, and their labels."""
-    split = FashionMNIST(data_dir, train=train)
-    images = (split.data.float().div(255).view(-1, CHANNELS, SIZE, SIZE) - MEAN) / STD
-    return TensorDataset(images.to(device), split.targets.to(device))
+    dataset = FashionMNIST(data_dir, train=train)
+    images = (dataset.data.float().div(255).view(-1, CHANNELS, SIZE, SIZE) - MEAN) / STD
+    return TensorDataset(images.to(device), dataset.targets.to(device))
 
 
 def save_plots(history, out_dir):
@@ -251,10 +253,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -299,7 +302,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

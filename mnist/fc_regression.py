@@ -180,10 +180,10 @@ def download(data_dir):
 def load_split(data_dir, train):
     """One split as a TensorDataset: (N, CHANNELS, SIZE, SIZE) images, decoded once, here, not
     image by image in every epoch, and their labels."""
-    split = MNIST(data_dir, train=train)
+    dataset = MNIST(data_dir, train=train)
     # Scaled to [0, 1] only: with MSE at lr 0.01, standardised pixels make the steps too big.
-    images = split.data.float().div(255).view(-1, CHANNELS, SIZE, SIZE)
-    return TensorDataset(images, split.targets)
+    images = dataset.data.float().div(255).view(-1, CHANNELS, SIZE, SIZE)
+    return TensorDataset(images, dataset.targets)
 
 
 def save_plots(history, step_losses, out_dir):
@@ -211,10 +211,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -259,7 +260,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

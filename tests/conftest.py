@@ -102,15 +102,25 @@ def stdin_bytes(monkeypatch, data):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
 
 
+# Files of a real run placed in each dry run's --out-dir beforehand, and their bytes.
+REAL_RUN = ("model.pt", "metrics.json", "curves.png")
+REAL_RUN_BYTES = b"the results of a real run"
+
+
 @pytest.fixture(scope="session")
 def dry_runs(data_dir, script_env, tmp_path_factory):
-    """Every script's dry run as a user would start it (a subprocess, offline, on the fixtures):
-    {script: (CompletedProcess, out_dir)}, as many at once as there are cores."""
+    """Every script's dry run as a user would start it (a subprocess, offline, on the fixtures),
+    with a real run's results in its --out-dir: {script: (CompletedProcess, the folder the dry
+    run writes into)}, as many at once as there are cores."""
 
     def run(script):
         work_dir = tmp_path_factory.mktemp(script.stem)
         data = ["--data-dir", str(data_dir)] if takes_data_dir(script) else []
         out = ["--out-dir", str(work_dir / "out")]
+        # A real run's results, which the dry run must leave alone.
+        (work_dir / "out").mkdir()
+        for name in REAL_RUN:
+            (work_dir / "out" / name).write_bytes(REAL_RUN_BYTES)
         result = subprocess.run(
             [sys.executable, str(script), "--dry-run", *data, *out],
             cwd=work_dir,
@@ -119,7 +129,7 @@ def dry_runs(data_dir, script_env, tmp_path_factory):
             text=True,
             timeout=300,
         )
-        return result, work_dir / "out"
+        return result, work_dir / "out" / "dry-run"
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         return dict(zip(all_scripts(), pool.map(run, all_scripts())))

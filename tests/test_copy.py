@@ -17,6 +17,10 @@ def test_copied_script_writes_only_in_its_own_folder(script, data_dir, script_en
     copy = home / "train.py"
     shutil.copy(REPO / script, copy)
     shutil.copytree(data_dir / "MNIST", home / "data" / "MNIST")  # as if downloaded on a first run
+    # A real run's model in the default --out-dir, which the dry run must leave alone.
+    real_run = home / "runs" / "train"
+    real_run.mkdir(parents=True)
+    (real_run / "model.pt").write_bytes(b"a trained model")
     result = subprocess.run(
         [sys.executable, str(copy), "--dry-run"],
         cwd=elsewhere,
@@ -28,7 +32,8 @@ def test_copied_script_writes_only_in_its_own_folder(script, data_dir, script_en
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "project"]
     assert list(elsewhere.iterdir()) == []  # nothing in the current directory either
-    assert (home / "runs" / "train" / "metrics.json").is_file()
+    assert (real_run / "dry-run" / "metrics.json").is_file()
+    assert (real_run / "model.pt").read_bytes() == b"a trained model"
 
 
 @pytest.mark.parametrize("script", ["conv_net_cifar.py", "mnist/conv_mnist.py", "RNN/lstm_imdb.py"])

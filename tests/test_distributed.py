@@ -160,7 +160,7 @@ def test_two_nodes_meet_over_localhost_for_a_dry_run(tmp_path, data_dir, script_
         launch += [SCRIPT, "--dry-run", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)]
         launches.append((launch, script_env))
     outputs = run_together(launches)
-    assert metrics(tmp_path)["world_size"] == 2
+    assert metrics(tmp_path / "dry-run")["world_size"] == 2
     assert "processes: 2 (gloo)" in "".join(outputs)
 
 
@@ -172,7 +172,7 @@ def test_two_processes_started_by_hand_meet_as_on_windows(tmp_path, data_dir, sc
     launch = [sys.executable, SCRIPT, "--dry-run", "--data-dir", str(data_dir)]
     launch += ["--out-dir", str(tmp_path)]
     outputs = run_together([(launch, dict(env, RANK=r, LOCAL_RANK=r)) for r in ("0", "1")])
-    assert metrics(tmp_path)["world_size"] == 2
+    assert metrics(tmp_path / "dry-run")["world_size"] == 2
     assert "processes: 2 (gloo)" in "".join(outputs)
 
 

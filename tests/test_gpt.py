@@ -91,7 +91,7 @@ def test_one_epoch_takes_one_step_per_batch():
 def model_dir(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("gpt") / "out"
     gpt.main(["--dry-run", "--context", "32", "--data-dir", str(data_dir), "--out-dir", str(out)])
-    return out
+    return out / "dry-run"
 
 
 def generate(capsys, out, *flags):
@@ -132,7 +132,7 @@ def test_bad_generation_requests_are_one_line(model_dir, capsys, flags, message)
     "flags, message",
     [
         (["--width", "30", "--heads", "4"], "--width (30) must be a multiple of --heads (4)"),
-        (["--context", "4000"], "is shorter than --context"),
+        (["--context", "4000"], "--context 4000 is longer than the validation text"),
     ],
 )
 def test_bad_model_settings_are_one_line(data_dir, tmp_path, capsys, flags, message):

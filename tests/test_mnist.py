@@ -54,7 +54,7 @@ def test_fashion_ffnn_depth_is_a_setting():
     module = load_script("mnist/fashion_mnist_ffnn.py")
     net = module.FeedForwardNet(num_hidden=4, hidden_dim=32, dropout=0.1)
     assert (
-        len(net.hidden) == 4 and len(list(net.parameters())) == 2 * 5
+        len(net.hidden_layers) == 4 and len(list(net.parameters())) == 2 * 5
     )  # ModuleList registers every layer
     log_probs = net(torch.randn(5, 1, 28, 28))
     assert torch.allclose(log_probs.exp().sum(1), torch.ones(5))
@@ -93,13 +93,14 @@ def test_checkpoint_round_trip_gives_identical_predictions(classifier, tmp_path)
 
 def test_eval_only_reloads_a_trained_checkpoint(classifier, data_dir, tmp_path, capsys):
     classifier.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)])
-    trained = json.loads((tmp_path / "metrics.json").read_text())
-    before = (tmp_path / "metrics.json").read_bytes()
+    run = tmp_path / "dry-run"
+    trained = json.loads((run / "metrics.json").read_text())
+    before = (run / "metrics.json").read_bytes()
     classifier.main(
         [
             "--eval-only",
             "--checkpoint",
-            str(tmp_path / "model.pt"),
+            str(run / "model.pt"),
             "--dry-run",
             "--data-dir",
             str(data_dir),
@@ -107,19 +108,19 @@ def test_eval_only_reloads_a_trained_checkpoint(classifier, data_dir, tmp_path, 
             str(tmp_path),
         ]
     )
-    assert (tmp_path / "metrics.json").read_bytes() == before  # the training record is left alone
-    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
-    assert evaluation["checkpoint"] == str(tmp_path / "model.pt")
+    assert (run / "metrics.json").read_bytes() == before  # the training record is left alone
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["checkpoint"] == str(run / "model.pt")
     assert not {"epochs", "history"} & set(evaluation)  # it trained nothing
     # Same weights, same test set: the same figures.
     assert evaluation["test_accuracy"] == trained["test_accuracy"]
     assert evaluation["test_loss"] == pytest.approx(trained["test_loss"])
 
 
-def test_eval_only_without_checkpoint_is_a_clear_error(classifier, capsys, tmp_path):
+def test_eval_only_without_a_model_is_a_clear_error(classifier, data_dir, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        classifier.parse_args(["--eval-only"])
-    assert exit_info.value.code == 2 and "--eval-only needs --checkpoint" in capsys.readouterr().err
+        classifier.main(["--eval-only", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)])
+    assert str(exit_info.value.code).startswith(f"error: no checkpoint at {tmp_path / 'model.pt'}")
     with pytest.raises(SystemExit) as exit_info:
         classifier.parse_args(["--eval-only", "--checkpoint", "x.pt", "--epochs", "3"])
     assert exit_info.value.code == 2 and "trains nothing" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def trained(request, data_dir, tmp_path_factory):
     module = load_script(request.param)
     out_dir = tmp_path_factory.mktemp("run")
     module.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(out_dir)])
-    model = out_dir / "model.pt"
+    model = out_dir / "dry-run" / "model.pt"
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         module.main(
             ["--checkpoint", str(model), *(f for text in TEXTS for f in ("--predict", text))]

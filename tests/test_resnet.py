@@ -145,7 +145,7 @@ def test_without_everything_still_trains_and_says_what_it_left_out(data_dir, tmp
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recipe"] == [] and metrics["without"] == list(resnet.INGREDIENTS)
     assert metrics["test_accuracy"] == metrics["test_accuracy_without_tta"]
-    config = torch.load(out / "model.pt", weights_only=True)["config"]
+    config = torch.load(out / "dry-run" / "model.pt", weights_only=True)["config"]
     assert config["batch_norm"] is False and config["residual"] is False
 
 

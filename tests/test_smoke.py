@@ -6,13 +6,17 @@ import re
 import pytest
 import torch
 
-from conftest import REPO, all_scripts
+from conftest import REAL_RUN, REAL_RUN_BYTES, REPO, all_scripts
 
 
 @pytest.mark.parametrize("script", all_scripts(), ids=lambda p: str(p.relative_to(REPO)))
 def test_dry_run(script, dry_runs):
     result, out_dir = dry_runs[script]
     assert result.returncode == 0, result.stderr[-3000:]
+    # A dry run writes into a folder of its own: the real run's results stay as they were.
+    assert out_dir.name == "dry-run" and str(out_dir) in result.stdout
+    for name in REAL_RUN:
+        assert (out_dir.parent / name).read_bytes() == REAL_RUN_BYTES, name
     assert re.search(
         r"^device: (cpu|cuda|mps|xpu) \(.*\); precision: (fp32|bf16|fp16) \(.+\)$",
         result.stdout,

@@ -40,11 +40,11 @@ def reference_attention(attention, x, keep):
 def test_attention_equals_torch_multihead_attention(padded):
     attention, x, keep = attention_and_mask(lengths=(9, 4, 1) if padded else (9, 9, 9))
     with torch.no_grad():
-        ours, cls_weights = attention(x, keep, cls_weights=True)
+        ours, cls_attention = attention(x, keep, cls_attention=True)
         expected, expected_weights = reference_attention(attention, x, keep)
     rows = keep[:, :, None]  # padded positions' outputs are never read
     torch.testing.assert_close(ours * rows, expected * rows, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(cls_weights, expected_weights[:, :, 0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cls_attention, expected_weights[:, :, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_attention_equals_the_explicit_formula():
@@ -93,7 +93,7 @@ def test_padding_does_not_change_the_logits():
 def test_cls_attention_covers_the_review_and_nothing_else():
     model = small_model()
     with torch.no_grad():
-        _, blocks = model(torch.randint(3, 50, (2, 20)), torch.tensor([20, 5]), cls_weights=True)
+        _, blocks = model(torch.randint(3, 50, (2, 20)), torch.tensor([20, 5]), cls_attention=True)
     assert len(blocks) == 2
     for weights in blocks:
         # [CLS] + 20 tokens, padded; one row per head.
@@ -133,7 +133,7 @@ def test_attention_peaks_on_the_word_that_decides_the_label():
 def trained(data_dir, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("transformer")
     transformer.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(out_dir)])
-    return out_dir
+    return out_dir / "dry-run"
 
 
 def test_training_writes_the_attention_picture(trained):
@@ -199,7 +199,7 @@ def test_the_checkpoint_holds_the_weight_average(ema, data_dir, tmp_path):
         str(tmp_path),
     ]
     transformer.main(flags)
-    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    saved = torch.load(tmp_path / "dry-run" / "model.pt", weights_only=True)
     torch.manual_seed(0)  # the default seed: the same starting weights as the run's
     config = saved["config"]
     start = transformer.SentimentTransformer(

@@ -239,9 +239,9 @@ def main(argv=None):
     chars = sorted(set(text))
     index = {char: i for i, char in enumerate(chars)}
     ids = torch.tensor([index[c] for c in text])
-    split = int(len(ids) * (1 - VAL_FRACTION))
-    train_ids, val_ids = ids[:split].to(args.device), ids[split:].to(args.device)
-    print(f"data: {split} training and {len(ids) - split} validation characters")
+    cut = int(len(ids) * (1 - VAL_FRACTION))
+    train_ids, val_ids = ids[:cut].to(args.device), ids[cut:].to(args.device)
+    print(f"data: {cut} training and {len(ids) - cut} validation characters")
     if len(val_ids) <= args.context:
         sys.exit(f"error: --context {args.context} is longer than the validation text")
     config = dict(context=args.context, width=args.width, layers=args.layers, heads=args.heads)
@@ -296,7 +296,7 @@ def parse_args(argv=None):
     add("--width", type=positive(int), default=128, help="numbers per position (default 128)")
     add("--layers", type=positive(int), default=4, help="Transformer blocks (default 4)")
     add("--heads", type=positive(int), default=4, help="attention heads per block (default 4)")
-    add("--checkpoint", type=Path, help="model to write, or to read with --generate")
+    add("--checkpoint", type=Path, help="the saved model (default OUT_DIR/model.pt)")
     add("--generate", type=positive(int), metavar="N", help="write N characters with the model")
     add("--prompt", default="\n", help="text to start --generate with (default a new line)")
     add("--temperature", type=positive(float), default=0.8, help="<1 safer, >1 wilder (default .8)")
@@ -312,7 +312,7 @@ def parse_args(argv=None):
     if not args.prompt:
         p.error("--prompt needs at least one character")
     if args.dry_run:
-        args.epochs, args.batch_size = 1, 4
+        args.epochs, args.batch_size, args.checkpoint = 1, 4, None
     return args
 
 
@@ -386,10 +386,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -434,7 +435,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)

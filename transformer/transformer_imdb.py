@@ -123,7 +123,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x, keep, queries=None, cls_weights=False):
+    def forward(self, x, keep, queries=None, cls_attention=False):
         """x (batch, time, d_model), keep (batch, time) True at real tokens; outputs for the
         first `queries` positions (default all), and optionally the [CLS] query's attention
         weights in each head (batch, heads, time)."""
@@ -143,12 +143,12 @@ class SelfAttention(nn.Module):
         mask = keep[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = self.out(y.transpose(1, 2).reshape(batch, q.size(2), d_model))
-        if not cls_weights:
+        if not cls_attention:
             return y, None
         # For looking, not training: the [CLS] query's weights in each head, written out.
         scores = (q[:, :, :1] @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-        weights = scores.float().masked_fill(~mask, float("-inf")).softmax(-1)
-        return y, weights[:, :, 0]
+        attention = scores.float().masked_fill(~mask, float("-inf")).softmax(-1)
+        return y, attention[:, :, 0]
 
 
 class Block(nn.Module):
@@ -169,18 +169,18 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, keep, cls_only=False, cls_weights=False):
-        """With cls_only, the output of the [CLS] position only; with cls_weights, also the
+    def forward(self, x, keep, cls_only=False, cls_attention=False):
+        """With cls_only, the output of the [CLS] position only; with cls_attention, also the
         [CLS] query's attention weights in each head."""
         normed = self.norm1(x)
         # After the last block only [CLS] is read: every word still serves as a key and a value,
         # but none needs an output of its own. Skipping those saves most of the block's work
         # (the time x time attention, the output projection and the feed-forward).
         x = x[:, :1] if cls_only else x
-        attended, weights = self.attention(normed, keep, x.size(1), cls_weights=cls_weights)
+        attended, attention = self.attention(normed, keep, x.size(1), cls_attention=cls_attention)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.feed_forward(self.norm2(x)))
-        return x, weights
+        return x, attention
 
 
 class SentimentTransformer(nn.Module):
@@ -202,8 +202,8 @@ class SentimentTransformer(nn.Module):
         for table in (self.embedding, self.position):
             nn.init.normal_(table.weight, std=0.02)
 
-    def forward(self, tokens, lengths, cls_weights=False):
-        """Logits (batch, 2); with cls_weights, also every block's [CLS] attention weights, each
+    def forward(self, tokens, lengths, cls_attention=False):
+        """Logits (batch, 2); with cls_attention, also every block's [CLS] attention weights, each
         (batch, heads, padded time), the [CLS] token itself first."""
         # A [CLS] token in front of every review: it has no word of its own, so its output is
         # free to become a summary of the review, learned for the task.
@@ -217,13 +217,13 @@ class SentimentTransformer(nn.Module):
         # True at the real tokens and [CLS].
         keep = positions < (lengths.to(tokens.device) + 1)[:, None]
         x = self.dropout(self.embedding(tokens) + self.position(positions))
-        weights = []
+        attention = []
         for block in self.blocks:
             cls_only = block is self.blocks[-1]
-            x, block_weights = block(x, keep, cls_only=cls_only, cls_weights=cls_weights)
-            weights.append(block_weights)
+            x, block_attention = block(x, keep, cls_only=cls_only, cls_attention=cls_attention)
+            attention.append(block_attention)
         logits = self.out(self.norm(x[:, 0]))
-        return (logits, weights) if cls_weights else logits
+        return (logits, attention) if cls_attention else logits
 
 
 def round_up(length):
@@ -314,11 +314,11 @@ def classify(model, tokens, index, max_len, device):
     tokens = tokens[-max_len:]
     sequence = encode(tokens, index, max_len)
     lengths = torch.tensor([len(tokens)])
-    logits, weights = model(sequence.unsqueeze(0).to(device), lengths, cls_weights=True)
+    logits, per_block = model(sequence.unsqueeze(0).to(device), lengths, cls_attention=True)
     probabilities = logits.float().softmax(1)[0]
     label = probabilities.argmax().item()
     # Drop [CLS] itself and the padding.
-    attention = torch.stack([w[0, :, 1 : len(tokens) + 1] for w in weights]).cpu()
+    attention = torch.stack([a[0, :, 1 : len(tokens) + 1] for a in per_block]).cpu()
     return label, probabilities[label].item(), attention
 
 
@@ -489,16 +489,13 @@ def parse_args(argv=None):
         default=2500,
         help="training reviews held out for validation (default 2500)",
     )
-    add(
-        "--checkpoint",
-        type=Path,
-        help="checkpoint to write, or to read with --predict (default: OUT_DIR/model.pt)",
-    )
+    add("--checkpoint", type=Path, help="the saved model (default OUT_DIR/model.pt)")
     add(
         "--predict",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="TEXT",
-        help="classify TEXT with the saved checkpoint instead of training (repeatable); "
+        help="classify each TEXT with the saved model instead of training (repeatable); "
         "'--predict -' alone reads one text per line from standard input",
     )
     args = parse_with_common_flags(p, argv, data="aclImdb/")
@@ -514,7 +511,7 @@ def parse_args(argv=None):
         p.error(f"argument --ema: must be in [0, 1), got {args.ema}")
     # A tiny slice of the data through training and evaluation.
     if args.dry_run:
-        args.epochs, args.val_size, args.min_freq = 1, 8, 1
+        args.epochs, args.val_size, args.min_freq, args.checkpoint = 1, 8, 1, None
         args.batch_size = min(args.batch_size, 16)
     return args
 
@@ -677,10 +674,11 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     add("--precision", default="auto", choices=formats, help="number format (default auto)")
     if data:
         add("--data-dir", type=Path, default=TOP / "data", help=f"folder of {data} (default data/)")
-    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="for the results")
-    add("--dry-run", action="store_true", help="train and evaluate on a few examples, then exit")
+    add("--out-dir", type=Path, default=TOP / "runs" / Path(__file__).stem, help="%(default)s")
+    add("--dry-run", action="store_true", help="a few examples, written to OUT_DIR/dry-run/")
     args = p.parse_args(argv)
-    signal(SIGINT, lambda *_: sys.exit(f"stopped (Ctrl-C): what was saved is in {args.out_dir}"))
+    args.out_dir /= "dry-run" if args.dry_run and not args.out_dir.is_file() else ""
+    signal(SIGINT, lambda *_: sys.exit("stopped (Ctrl-C)"))
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
@@ -725,7 +723,6 @@ def log_epoch(history, **figures):
 
 
 def write_metrics(args, history, **results):
-    """metrics.json: every flag, the results (the first is the headline), each epoch's figures."""
     headline = next(iter(results))
     metrics = dict(script=Path(__file__).name, torch=torch.__version__, **vars(args))
     metrics.update(results, headline=headline, threads=torch.get_num_threads(), history=history)
