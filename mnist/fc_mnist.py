@@ -1,17 +1,12 @@
-"""A small fully connected network that classifies MNIST digits: the first lesson.
+"""A small fully connected network that classifies MNIST digits: the first lesson, the whole
+training loop once, plainly, in fp32: a Dataset, a DataLoader that shuffles, each batch moved to
+the device, the three steps of every training loop, evaluation, a saved model.
 
-Model:  28x28 pixels flattened to 784 -> Linear(784, 50) -> ReLU -> Linear(50, 10); Adam.
-Data:   MNIST: 60,000 training and 10,000 test images of handwritten digits, downloaded by
-        torchvision into the top-level data/ folder on first use.
-Expect: test accuracy about 0.95 after the default single epoch, which trains in about 1 s on a
-        2-core CPU with native bf16, 2 s in fp32 (benchmarks/README.md).
-
-Run:
-    python mnist/fc_mnist.py             # train with the defaults
-    python mnist/fc_mnist.py --dry-run   # a tiny run: checks the set-up in seconds
-    python mnist/fc_mnist.py --help      # every flag
-
-Writes metrics.json, curves.png and model.pt into --out-dir. To use the trained model:
+Model: 784 pixels -> Linear(784, 50) -> ReLU -> Linear(50, 10); Adam. Data: MNIST's 60,000
+training and 10,000 test digits, downloaded into the top-level data/ folder on first use.
+Expect: test accuracy about 0.95 after the default single epoch, in seconds on a CPU.
+Run: python mnist/fc_mnist.py (--dry-run: a tiny run to check the set-up; --help: every flag).
+It writes metrics.json, curves.png and model.pt into --out-dir. To use the trained model:
     checkpoint = torch.load("runs/fc_mnist/model.pt", weights_only=True)
     model = Net(**checkpoint["config"])
     model.load_state_dict(checkpoint["weights"])
@@ -36,7 +31,6 @@ from tqdm import tqdm
 HERE = Path(__file__).resolve().parent
 # In this repository data/ and runs/ are the top-level ones; a copy elsewhere keeps its own.
 TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
-# The dataset, and the mean and std of its training pixels: all below derives from these.
 CLASSES = tuple(str(digit) for digit in range(10))
 CHANNELS, SIZE = 1, 28
 MEAN, STD = 0.1307, 0.3081
@@ -53,28 +47,24 @@ class Net(nn.Module):
         return self.out(F.relu(self.hidden_layer(images.flatten(1))))
 
 
-def train_one_epoch(model, loader, optimizer, autocast):
+def train_one_epoch(model, loader, optimizer):
     """One pass over the training set: its figures, as trained, and the loss of every step."""
-    # train() and eval() switch layers that act differently in training (dropout, batch norm).
-    # This model has neither, but calling them is the habit that keeps a later model right.
+    # train() and eval() switch dropout and batch norm: none here, but a habit for later models.
     model.train()
     device = next(model.parameters()).device
     step_losses, correct = [], 0
-    # disable=None: a progress bar on a terminal only, not in a log file.
     for images, labels in tqdm(loader, disable=None):
         # The DataLoader hands out CPU tensors: move each batch to where the model is.
         images, labels = images.to(device), labels.to(device)
-        with autocast:
-            logits = model(images)
-            # cross_entropy takes the raw scores (logits): it applies log-softmax itself.
-            loss = F.cross_entropy(logits, labels)
+        logits = model(images)
+        # cross_entropy takes the raw scores (logits): it applies log-softmax itself.
+        loss = F.cross_entropy(logits, labels)
         # The three steps of every training loop: forget the last gradients, compute new
         # ones by backpropagation, and move every weight a little against its gradient.
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        # Kept on the device, read once at the end: on a GPU, reading a number back (.item())
-        # makes the CPU wait until the GPU has finished all the work queued so far.
+        # Kept on the device, read once at the end: each read (.item()) makes a GPU wait.
         step_losses.append(loss.detach())
         correct += (logits.argmax(1) == labels).sum()
     step_losses = torch.stack(step_losses).tolist()
@@ -84,45 +74,30 @@ def train_one_epoch(model, loader, optimizer, autocast):
 
 # No gradients are needed to evaluate: faster, and less memory.
 @torch.no_grad()
-def evaluate(model, loader, autocast, split):
+def evaluate(model, loader, split):
     """The model's accuracy and loss on every batch of `loader`, named after the split."""
     model.eval()
     device = next(model.parameters()).device
     total_loss = correct = 0
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
-        with autocast:
-            logits = model(images)
-        # float(): the loss in fp32 whatever autocast computed the logits in.
-        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
+        logits = model(images)
+        total_loss += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
-    # Read back once, at the end.
-    accuracy = int(correct) / len(loader.dataset)
-    loss = float(total_loss) / len(loader.dataset)
-    return {f"{split}_accuracy": accuracy, f"{split}_loss": loss}
+    count = len(loader.dataset)
+    return {f"{split}_accuracy": int(correct) / count, f"{split}_loss": float(total_loss) / count}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    # The same seed, the same initial weights and batch order: the same result on the same CPU
-    # (GPU runs differ slightly from run to run: some GPU kernels add in a varying order).
+    # The same seed, the same initial weights and batch order: the same result (README: Seeds).
     torch.manual_seed(args.seed)
     pick_device_and_precision(args, fp16=False)
-    # bf16 runs the matrix maths in 16 bits where the hardware has it (conv_net_cifar.py explains).
-    autocast = torch.autocast(args.device.type, torch.bfloat16, enabled=args.precision == "bf16")
-
-    download(args.data_dir)
-    train_set, test_set = (load_split(args.data_dir, train) for train in (True, False))
-    if args.dry_run:
-        # One epoch of 16 random examples (seeded): several classes, whatever the files' order.
-        pick, args.epochs = torch.randperm(len(test_set))[:16].tolist(), 1
-        train_set, test_set = Subset(train_set, pick), Subset(test_set, pick)
+    train_set, test_set = load_data(args)
     print(f"data: {len(train_set)} training and {len(test_set)} test images")
     # A DataLoader deals out batches of images and labels, in a new random order every epoch.
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=1000)
-
-    # What rebuilds the model: saved in model.pt beside the weights.
     config = dict(hidden=50)
     model = Net(**config).to(args.device)
     # Adam adapts each weight's step size to its recent gradients: little tuning needed.
@@ -131,12 +106,11 @@ def main(argv=None):
     history, step_losses = [], []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train_figures = train_one_epoch(model, train_loader, optimizer, autocast)
+        train_figures = train_one_epoch(model, train_loader, optimizer)
         seconds = time.perf_counter() - start
         step_losses += train_figures.pop("step_losses")
-        test_figures = evaluate(model, test_loader, autocast, "test")
+        test_figures = evaluate(model, test_loader, "test")
         log_epoch(history, epoch=epoch, **train_figures, **test_figures, seconds=seconds)
-
     write_metrics(args, history, **test_figures)
     save_plots(step_losses, test_figures["test_accuracy"], args.out_dir)
     # CPU tensors: model.pt loads on any machine, with or without the GPU it was trained on.
@@ -153,7 +127,12 @@ def parse_args(argv=None):
     add("--epochs", type=positive(int), default=1, help="passes over the training set (default 1)")
     add("--batch-size", type=positive(int), default=64, help="images per step (default 64)")
     add("--lr", type=positive(float), default=1e-3, help="Adam's learning rate (default 1e-3)")
-    return parse_with_common_flags(p, argv, data="MNIST/raw/", fp16=False)
+    args = parse_with_common_flags(p, argv, data="MNIST/raw/", fp16=False)
+    # The first lesson computes in fp32 only: conv_net_cifar.py teaches bf16 and fp16.
+    if args.precision == "bf16":
+        p.error("--precision bf16: this first lesson trains in fp32 (conv_net_cifar.py has bf16)")
+    args.precision = "fp32"
+    return args
 
 
 def download(data_dir):
@@ -166,6 +145,17 @@ def download(data_dir):
         files = ", ".join(name for name, _ in MNIST.resources)
         raw, url = data_dir / "MNIST" / "raw", MNIST.mirrors[0]
         sys.exit(f"error: could not get MNIST ({err!r}): put {files} from {url} in {raw}/")
+
+
+def load_data(args):
+    """The training and test sets, downloaded on first use; for a dry run, one epoch of 16
+    random examples (seeded): several classes, whatever the files' order."""
+    download(args.data_dir)
+    train_set, test_set = (load_split(args.data_dir, train) for train in (True, False))
+    if args.dry_run:
+        pick, args.epochs = torch.randperm(len(test_set))[:16].tolist(), 1
+        train_set, test_set = Subset(train_set, pick), Subset(test_set, pick)
+    return train_set, test_set
 
 
 def load_split(data_dir, train):

@@ -48,9 +48,23 @@ def test_the_plainest_scripts_take_the_plain_step(script):
     assert "GradScaler" not in source and "scaler" not in source
     assert "loss.backward()" in source and "optimizer.step()" in source
     args = SCRIPTS[script].parse_args([])
-    assert args.precision == "auto"
+    assert args.precision == ("fp32" if script == FIRST_LESSON else "auto")
     with pytest.raises(SystemExit):
         SCRIPTS[script].parse_args(["--precision", "fp16"])
+
+
+FIRST_LESSON = "mnist/fc_mnist.py"
+
+
+def test_the_first_lesson_is_the_plain_loop_in_fp32(capsys):
+    source = (REPO / FIRST_LESSON).read_text()
+    lesson = source[: source.index("# ---- plumbing")]
+    assert len(lesson.splitlines()) <= 120, "the lesson part is at most 120 lines"
+    assert "autocast" not in source and "bfloat16" not in source
+    assert "shuffle=True" in lesson and "images.to(device), labels.to(device)" in lesson
+    with pytest.raises(SystemExit):
+        SCRIPTS[FIRST_LESSON].parse_args(["--precision", "bf16"])
+    assert "trains in fp32" in capsys.readouterr().err
 
 
 def fake_gpu(monkeypatch, capability):
