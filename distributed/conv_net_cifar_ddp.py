@@ -8,7 +8,9 @@ Model:  the same layers, optimiser (SGD, momentum, weight decay), one-cycle sche
         every copy takes the same step and stays identical.
 Data:   CIFAR-10 as in conv_net_cifar.py; one process per machine downloads it, the others wait.
 Expect: about 0.71 test accuracy after the default 5 epochs, with 1 process or many: --batch-size
-        is the global batch, so the steps and the result do not depend on the process count.
+        is the global batch, so the steps and the schedule do not depend on the process count;
+        the result differs a little (the gradients are summed in another order, so they round
+        differently, and the rounding grows over the epochs).
         On a 2-core CPU two processes are not reliably faster than one (benchmarks/README.md); data
         parallelism pays with one process per GPU, many cores or many machines.
 
