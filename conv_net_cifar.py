@@ -342,6 +342,15 @@ def load_cifar10(data_dir, device):
     return splits
 
 
+class ClassFolders(ImageFolder):
+    """torchvision's ImageFolder, with hidden folders not taken for classes: Jupyter's
+    .ipynb_checkpoints, macOS's .Trashes, a .git folder."""
+
+    def find_classes(self, directory):
+        classes = [name for name in super().find_classes(directory)[0] if name[0] != "."]
+        return classes, {name: k for k, name in enumerate(classes)}
+
+
 def load_image_folder(folder, seed, device):
     """([training, test] datasets, class names) of an ImageFolder layout: folder/train/<class>/
     and folder/test/<class>/, or a seeded fifth of train/ held out if there is no test/."""
@@ -349,7 +358,7 @@ def load_image_folder(folder, seed, device):
         sys.exit(f"error: no {folder / 'train'}/ folder: --image-folder wants DIR/train/<class>/*")
     try:
         train_set, test_set = (
-            ImageFolder(folder / name, ToTensor(), loader=open_image, is_valid_file=is_image_file)
+            ClassFolders(folder / name, ToTensor(), loader=open_image, is_valid_file=is_image_file)
             if (folder / name).is_dir()
             else None
             for name in ("train", "test")

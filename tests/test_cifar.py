@@ -137,6 +137,9 @@ def test_image_folder_reads_any_size_and_mode_into_the_network_input(script, tmp
     module = load_script(script)
     folder = write_image_folder(tmp_path)
     add_files_that_are_not_images(folder / "train" / "ant")
+    # A hidden folder beside the classes, as Jupyter leaves one: no class of its own.
+    (folder / "train" / ".ipynb_checkpoints").mkdir()
+    Image.new("L", (28, 28)).save(folder / "train" / ".ipynb_checkpoints" / "ant-checkpoint.png")
     (train, test), classes = module.load_image_folder(folder, seed=0, device=torch.device("cpu"))
     assert classes == CLASSES and len(train) == len(test) == 3 * 6
     images, labels = train.tensors
