@@ -1,5 +1,6 @@
 """The Markdown files tell the truth about the code: the names, flags and output files they show
-for a script exist in it, every script is documented, and every relative link resolves."""
+for a script exist in it, every script is documented, and every relative link resolves. The figures
+they quote come from the benchmark, which alone says on what machine and when they were measured."""
 
 import json
 import re
@@ -19,6 +20,11 @@ MARKDOWN = sorted(
 )
 SCRIPTS = {p.name: p for p in all_scripts()}
 BENCHMARK = REPO / "benchmarks" / "run.py"
+# The benchmark's own pages: the one place that names machines and dates and says how figures were
+# measured (results-*.md are run.py's tables, held again in benchmarks/README.md).
+MEASUREMENTS = [REPO / "benchmarks" / "README.md", *sorted(REPO.glob("benchmarks/results-*.md"))]
+LESSONS = [p for p in MARKDOWN if p not in MEASUREMENTS]
+FRONT_PAGE_LINES = 150
 # Flags of the commands around the scripts: torchrun, pip and pipenv.
 LAUNCHER_FLAGS = {"--standalone", "--nproc-per-node", "--max-restarts", "--nnodes", "--node-rank"}
 LAUNCHER_FLAGS |= {"--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--user", "--dev", "--help"}
@@ -172,13 +178,102 @@ def test_every_relative_link_resolves(markdown):
             assert anchor in anchors, f"{markdown.name}: no heading #{anchor} in {file.name}"
 
 
+def lines_matching(pattern, text):
+    """'number: line' of each line of a text in which the pattern occurs."""
+    lines = enumerate(text.splitlines(), 1)
+    return [f"{number}: {line.strip()}" for number, line in lines if pattern.search(line)]
+
+
 def test_no_doc_speaks_of_how_the_project_is_made():
     # Each word is spelled with a [x] class so that a grep for these words finds the docs, not this.
     words = "th[e] issue|pro[b]e|thro[w]away|len[t] to|thi[s] vm\\b|developmen[t] machine"
     pattern = re.compile(words + "|thi[s] machine|thi[s] sessio[n]", re.I)
     for path in MARKDOWN + all_scripts():
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            assert not pattern.search(line), f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        assert lines_matching(pattern, path.read_text()) == [], path.relative_to(REPO)
+
+
+# CPU models and dates say how and when a figure was measured: benchmarks/README.md's business.
+MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
+LAB_NOTES = re.compile(
+    r"\b(EP[Y]C|Xe[o]n|Ry[z]en|Threadr[i]pper|Opt[e]ron|Z[e]n( ?\d)?)\b"
+    rf"|\b\d{{4}}-\d\d-\d\d\b|\b({MONTHS})[a-z]*\.? \d{{4}}\b"
+)
+
+
+@pytest.mark.parametrize("path", LESSONS + all_scripts(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_cpu_model_or_date_outside_the_benchmark(path):
+    assert lines_matching(LAB_NOTES, path.read_text()) == []
+
+
+# A quoted result: a decimal with 3 or more digits after the point (0.9045, 1.486, 0.903), or a
+# number of seconds ("827 s", "67 s/epoch", "1.8 s"). Settings are left alone: flag values and
+# formulas are code (`--lr 3e-3`, `--ema 0.998`), skipped with the code and the link targets, and a
+# decimal of one or two digits is a setting or a rounded expectation (std 0.02, dropout 0.2,
+# "about 0.95"), not a measured figure.
+FIGURE = re.compile(r"(?<![\w.])(\d+\.\d{3,}|\d+(?:\.\d+)?(?= ?s\b))(?!\.?\d)")
+
+
+def figures_quoted(markdown):
+    prose = re.sub(r"```.*?```|`[^`\n]+`|\]\([^)]*\)|https?://\S+", " ", markdown, flags=re.S)
+    return FIGURE.findall(prose)
+
+
+def json_numbers(value):
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in json_numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in json_numbers(v)]
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return [float(value)] if is_number else []
+
+
+@cache
+def measured():
+    """Every number of benchmarks/README.md and of the benchmark's results-*.json."""
+    text = (REPO / "benchmarks" / "README.md").read_text().replace(",", "")
+    numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", text)]
+    for path in REPO.glob("benchmarks/results-*.json"):
+        numbers += json_numbers(json.loads(path.read_text()))
+    return numbers
+
+
+def unmeasured(markdown, numbers):
+    """The figures a text quotes that no measured number gives, as written (0.904 is 0.9045 or
+    0.90412 rounded, 827 s is 826.9)."""
+    unknown = []
+    for figure in figures_quoted(markdown):
+        half_unit = 0.5 * 10 ** -len(figure.partition(".")[2]) + 1e-9
+        if not any(abs(n - float(figure)) <= half_unit for n in numbers):
+            unknown.append(figure)
+    return unknown
+
+
+@pytest.mark.parametrize("markdown", LESSONS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_figure_quoted_is_measured_in_the_benchmark(markdown):
+    assert unmeasured(markdown.read_text(), measured()) == []
+
+
+def lines_over(text, most):
+    return max(0, len(text.splitlines()) - most)
+
+
+def test_the_front_page_is_short():
+    assert lines_over((REPO / "README.md").read_text(), FRONT_PAGE_LINES) == 0
+
+
+def test_the_checks_catch_lab_notes_unmeasured_figures_and_a_long_page():
+    """Made-up text that each check above must reject, and settings it must let pass."""
+    notes = "On the 2-core AMD EPYC 7002 (Zen 2), 2026-12-05.\nIntel Xeon, December 2026.\nZen\n"
+    assert len(lines_matching(LAB_NOTES, notes)) == 3
+    assert lines_matching(LAB_NOTES, "NVIDIA GPUs from Ampere on; Credits (2015).") == []
+    made_up = (
+        "Test accuracy 0.9123 in 4242 s (67.7 s/epoch); `--lr 3e-3`, `--ema 0.998`, dropout 0.2, "
+        "[the paper](https://arxiv.org/abs/1708.07120), torch 2.14.1.\n"
+        "```\npython x.py --ema 0.999\n```\n"
+    )
+    assert unmeasured(made_up, [0.9045, 827.0]) == ["0.9123", "4242", "67.7"]
+    assert unmeasured("0.904 and 0.9045 in 827 s.", [0.9045, 826.9]) == []
+    assert lines_over("line\n" * (FRONT_PAGE_LINES + 1), FRONT_PAGE_LINES) == 1
 
 
 def seconds(value):
