@@ -1,5 +1,9 @@
 """A feedforward network with three hidden layers, trained on CIFAR-10.
 
+The lesson is an experiment: three hidden layers instead of feedforward_1_hid_nn.py's one reach
+about the same test accuracy. A network that flattens the photo ignores where pixels are, and
+depth alone does not give it that; conv_net_cifar.py's convolutions do.
+
 Model:  each 3x32x32 colour image is flattened to 3,072 numbers, then
         Linear(3072, 512) -> ReLU -> Linear(512, 256) -> ReLU -> Linear(256, 128)
         -> ReLU -> Linear(128, 10).

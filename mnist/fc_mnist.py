@@ -153,8 +153,10 @@ def load_data(args):
     download(args.data_dir)
     train_set, test_set = (load_split(args.data_dir, train) for train in (True, False))
     if args.dry_run:
-        pick, args.epochs = torch.randperm(len(test_set))[:16].tolist(), 1
-        train_set, test_set = Subset(train_set, pick), Subset(test_set, pick)
+        args.epochs = 1
+        train_set, test_set = (
+            Subset(s, torch.randperm(len(s))[:16].tolist()) for s in (train_set, test_set)
+        )
     return train_set, test_set
 
 
