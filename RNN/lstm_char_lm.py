@@ -65,21 +65,21 @@ class CharLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, vocab_size)
 
-    def forward(self, chars, state=None):
-        """Logits for the next character at every position of `chars` (streams, time), and the
+    def forward(self, inputs, state=None):
+        """Logits for the next character at every position of `inputs` (streams, time), and the
         LSTM state after the last position, to start the next window with."""
         # CUDA autocast would run cuDNN's LSTM in float16 (lstm_imdb.py explains): opt out.
         with torch.autocast("cuda", enabled=False):
-            outputs, state = self.lstm(self.embedding(chars), state)
+            outputs, state = self.lstm(self.embedding(inputs), state)
         return self.out(self.dropout(outputs)), state
 
 
-def batchify(ids, streams):
-    """The text as `streams` rows that are read side by side, each a contiguous piece:
+def batchify(ids, rows):
+    """The text as `rows` streams that are read side by side, each a contiguous piece:
 
         text:  A B C D E F G H I J K L M N O P Q R S T U V W X   (the leftover end is dropped)
 
-        streams=4:          window 1   window 2   ...   (--bptt 3)
+        rows=4:             window 1   window 2   ...   (--bptt 3)
             row 0:  A B C D E F   ->   A B C   |  D E F
             row 1:  G H I J K L   ->   G H I   |  J K L
             row 2:  M N O P Q R   ->   M N O   |  P Q R
@@ -88,8 +88,8 @@ def batchify(ids, streams):
     Row k of window 2 continues row k of window 1, so the LSTM state that window 1 ends with
     is the right one to start window 2: context flows further back than one window.
     """
-    length = len(ids) // streams
-    return ids[: streams * length].view(streams, length)
+    length = len(ids) // rows
+    return ids[: rows * length].view(rows, length)
 
 
 def windows(streams, bptt):
@@ -104,22 +104,22 @@ def detach(state):
     return tuple(s.detach() for s in state)
 
 
-def train_one_epoch(model, streams, optimizer, scheduler, training):
-    """One pass over the training streams, `training["bptt"]` characters at a time: the mean
+def train_one_epoch(model, streams, optimizer, scheduler, loop):
+    """One pass over the training streams, `loop["bptt"]` characters at a time: the mean
     loss per character, as trained."""
     model.train()
     # Summed on the device and read once, at the end: a read every step would make a GPU wait.
     total_loss = torch.zeros((), device=streams.device)
     state = None
-    steps = math.ceil((streams.size(1) - 1) / training["bptt"])
+    steps = math.ceil((streams.size(1) - 1) / loop["bptt"])
     # disable=None: a progress bar on a terminal only, not in a log file.
-    for inputs, targets in tqdm(windows(streams, training["bptt"]), total=steps, disable=None):
+    for inputs, targets in tqdm(windows(streams, loop["bptt"]), total=steps, disable=None):
         # Carry the state over from the window before (its values: long-range context), but
         # detach it: without that, backward() would run back through every window read so far,
         # and memory and time per step would grow with each window.
         if state is not None:
             state = detach(state)
-        with training["autocast"]:
+        with loop["autocast"]:
             logits, state = model(inputs, state)
         # cross_entropy takes raw logits (it applies log-softmax itself), flattened over the
         # streams and positions; float(): the loss summed in fp32 even under autocast.
@@ -221,12 +221,13 @@ def main(argv=None):
     # One-cycle: warm up, then anneal to ~0. With Adam it also cycles beta1 (the momentum of
     # its gradient average) between 0.95 and 0.85, as it cycles SGD's momentum.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps)
-    training = dict(bptt=args.bptt, autocast=autocast)
+    # How train_one_epoch() reads the streams: --bptt characters a window, under autocast.
+    loop = dict(bptt=args.bptt, autocast=autocast)
 
     history, best_val_loss = [], float("inf")
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        train_figures = train_one_epoch(model, train_streams, optimizer, scheduler, training)
+        train_figures = train_one_epoch(model, train_streams, optimizer, scheduler, loop)
         seconds = time.perf_counter() - start
         val_figures = evaluate(model, val_streams, autocast, "val")
         log_epoch(history, epoch=epoch, **train_figures, **val_figures, seconds=seconds)

@@ -8,7 +8,7 @@ Data:   IMDB (Large Movie Review Dataset: 25,000 training and 25,000 test review
         of --val-size training reviews picks the best epoch; the test reviews are used
         once, at the end. Reviews are cut to their last --max-len tokens (many end with
         their verdict); the text pipeline is plain Python, no torchtext (README explains).
-Expect: about 0.90 test accuracy after the default 5 epochs, 1-2 minutes an epoch and
+Expect: about 0.89 test accuracy after the default 5 epochs, 1-2 minutes an epoch and
         5-8 minutes in all on a 2-core CPU with native bf16; in fp32 about 3 and 15
         (benchmarks/README.md).
 Your own texts (RNN/README.md, "Train on your own text"): one .txt file per text in a folder
@@ -537,7 +537,7 @@ def save_checkpoint(model, vocab, config, path):
 def load_checkpoint(path, device):
     """(model, vocabulary, settings) saved at `path`, or a one-line error saying what is wrong."""
     if not path.is_file():
-        sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
+        sys.exit(f"error: no checkpoint at {path}: train first (it writes --checkpoint)")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
         config = checkpoint["config"]

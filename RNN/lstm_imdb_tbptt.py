@@ -18,7 +18,7 @@ When is TBPTT worth it? When sequences are too long to keep the whole graph of a
 Data:   IMDB, as in lstm_imdb.py: downloaded into the top-level data/ on first use, a seeded
         validation split of the training reviews, the test reviews used once at the end;
         reviews cut to their last --max-len words; plain Python text pipeline, no torchtext.
-Expect: about 0.90 test accuracy after the default 3 epochs, 1-3 minutes an epoch and
+Expect: about 0.89 test accuracy after the default 3 epochs, 1-3 minutes an epoch and
         3-8 minutes in all on a 2-core CPU with native bf16; in fp32 about 3 and 10
         (benchmarks/README.md).
 
@@ -451,7 +451,7 @@ def save_checkpoint(model, vocab, config, path):
 def load_checkpoint(path, device):
     """(model, vocabulary, settings) saved at `path`, or a one-line error saying what is wrong."""
     if not path.is_file():
-        sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
+        sys.exit(f"error: no checkpoint at {path}: train first (it writes --checkpoint)")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
         config = checkpoint["config"]

@@ -627,7 +627,7 @@ def report_labels(labels, share, thresholds, tuned, aucs):
 def load_checkpoint(path, device):
     """(model, the checkpoint's dict) saved at `path`, or a one-line error saying what is wrong."""
     if not path.is_file():
-        sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
+        sys.exit(f"error: no checkpoint at {path}: train first (it writes --checkpoint)")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = saved["config"]

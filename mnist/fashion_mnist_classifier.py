@@ -232,7 +232,7 @@ def save_checkpoint(model, config, path):
 def load_checkpoint(path, device):
     """The model saved at `path`, or a one-line error saying what is wrong with the file."""
     if not path.is_file():
-        sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
+        sys.exit(f"error: no checkpoint at {path}: train first (it writes --checkpoint)")
     # Empty, truncated, not a torch file, or another script's checkpoint: one line.
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)

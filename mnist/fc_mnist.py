@@ -1,6 +1,6 @@
-"""A small fully connected network that classifies MNIST digits: the first lesson, the whole
-training loop once, plainly, in fp32: a Dataset, a DataLoader that shuffles, each batch moved to
-the device, the three steps of every training loop, evaluation, a saved model.
+"""A small fully connected network that classifies MNIST digits: the first lesson.
+The whole training loop once, plainly, in fp32: a Dataset, a DataLoader that shuffles, each
+batch moved to the device, the three steps of every training loop, evaluation, a saved model.
 
 Model: 784 pixels -> Linear(784, 50) -> ReLU -> Linear(50, 10); Adam. Data: MNIST's 60,000
 training and 10,000 test digits, downloaded into the top-level data/ folder on first use.

@@ -15,7 +15,7 @@ Why it stalls: regression treats labels as points on a line, so it assumes a "7"
 closer to an "8" than to a "1" and that a 4-or-9 lookalike should be predicted 6.5.
 Digit classes have no such order. A classifier gives every class its own output and
 learns a probability for each with cross-entropy (see fc_mnist.py): the same data
-then reaches over 0.95.
+then reaches about 0.95.
 
 Run:
     python mnist/fc_regression.py              # train with the defaults

@@ -52,8 +52,8 @@ def test_one_epoch_takes_one_step_per_window():
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
     streams = lm.batchify(torch.randint(12, (203,)), 4)  # 4 streams of 50: 49 targets each
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-2, total_steps=5)
-    training = dict(bptt=10, autocast=torch.autocast("cpu", enabled=False))
-    figures = lm.train_one_epoch(model, streams, optimizer, scheduler, training)
+    loop = dict(bptt=10, autocast=torch.autocast("cpu", enabled=False))
+    figures = lm.train_one_epoch(model, streams, optimizer, scheduler, loop)
     assert scheduler.last_epoch == 5 and figures["train_loss"] > 0
 
 

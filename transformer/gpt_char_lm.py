@@ -125,15 +125,15 @@ class GPT(nn.Module):
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, chars):
-        """Logits for the next character at every position of `chars` (batch, time)."""
-        positions = torch.arange(chars.size(1), device=chars.device)
-        return self.out(self.norm(self.blocks(self.embedding(chars) + self.position(positions))))
+    def forward(self, inputs):
+        """Logits for the next character at every position of `inputs` (batch, time)."""
+        positions = torch.arange(inputs.size(1), device=inputs.device)
+        return self.out(self.norm(self.blocks(self.embedding(inputs) + self.position(positions))))
 
 
 def shuffled_windows(ids, context):
     """`ids` cut into windows of context + 1 characters (inputs, and one on, targets) from a random
-    offset, shuffled: each character a target once, the borders moved from epoch to epoch."""
+    offset, shuffled: each character a target at most once, the borders moved epoch to epoch."""
     offset = int(torch.randint(context, ()))
     windows = ids[offset:].unfold(0, context + 1, context)
     return windows[torch.randperm(len(windows), device=ids.device)]

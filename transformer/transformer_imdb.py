@@ -12,7 +12,7 @@ Data:   IMDB, read with RNN/lstm_imdb.py's tokeniser, length bucketing and --pre
         times or more (--min-freq), and the validation split has a fixed size. The training
         recipe differs too (batch size, AdamW, schedule, weight average, epochs), so the
         accuracy difference between the two scripts is not the model's alone.
-Expect: about 0.88 test accuracy after the default 2 epochs (the LSTM gets about 0.90), in
+Expect: about 0.88 test accuracy after the default 2 epochs (the LSTM gets about 0.89), in
         2-4 minutes on a 2-core CPU, under half of RNN/lstm_imdb.py's time
         (benchmarks/README.md).
 
@@ -605,7 +605,7 @@ def save_checkpoint(model, vocab, config, path):
 def load_checkpoint(path, device):
     """(model, vocabulary, settings) saved at `path`, or a one-line error saying what is wrong."""
     if not path.is_file():
-        sys.exit(f"error: no checkpoint at {path}: train first (it is written to OUT_DIR/model.pt)")
+        sys.exit(f"error: no checkpoint at {path}: train first (it writes --checkpoint)")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
         config = checkpoint["config"]
