@@ -14,8 +14,8 @@ Training: truncated backpropagation through time (TBPTT) across batches, this sc
 Data:   tiny Shakespeare (1,115,394 characters, 65 distinct), downloaded into the top-level
         data/tinyshakespeare/ on first use; the first 90% trains, the last 10% validates
         (the split nanoGPT reports on).
-Expect: validation loss about 1.49 nats per character (2.15 bits) after the default 6 epochs,
-        3-4 minutes in all on a 2-core CPU with native bf16, 9 in fp32 (benchmarks/README.md).
+Expect: validation loss about 1.48 nats per character (2.14 bits) after the default 6 epochs,
+        6-7 minutes in all on a 2-core CPU in fp32 (README.md's table; benchmarks/README.md).
         Guessing uniformly among the 65 characters scores ln 65 = 4.17.
 
 Run:
