@@ -10,8 +10,8 @@ Model:  character embedding + learned position embedding (width 128, windows of 
 Training: shuffled windows of the text; AdamW (weight decay on matrices only), warm-up, cosine.
 Data:   tiny Shakespeare, read as RNN/lstm_char_lm.py reads it (the same file, vocabulary and
         90%/10% split); val_loss, nats per character over the whole validation text, compares.
-Expect: validation loss about 1.53 nats per character after the default 9 epochs, under 10
-        minutes on a 2-core CPU; transformer/README.md races it against the LSTM.
+Expect: validation loss about 1.51 nats per character after the default 9 epochs, about 8
+        minutes on a 2-core CPU in fp32; transformer/README.md races it against the LSTM.
 
 Run:
     python transformer/gpt_char_lm.py                    # train, printing a sample every epoch
