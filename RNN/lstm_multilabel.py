@@ -579,7 +579,7 @@ def split_csv(train, test, seed):
 
 
 def read_kaggle_csv(folder, name, columns):
-    """{comment id: (text, labels)} from Kaggle's NAME, or from the NAME.zip of its download."""
+    """{comment id: (text, targets)} from Kaggle's NAME, or from the NAME.zip of its download."""
     path = folder / name if (folder / name).is_file() else folder / f"{name}.zip"
     if not path.is_file():
         sys.exit(
@@ -600,12 +600,12 @@ def read_kaggle_csv(folder, name, columns):
             # The label columns follow the id and, in train.csv, the comment.
             first_label = 2 if "comment_text" in columns else 1
             for fields in reader:
-                labels = fields[first_label:]
-                if len(fields) != len(columns) or not set(labels) <= allowed:
+                values = fields[first_label:]
+                if len(fields) != len(columns) or not set(values) <= allowed:
                     what = f"{len(columns)} fields, labels among {sorted(allowed)}"
                     sys.exit(f"error: {path} line {reader.line_num}: expected {what}")
                 text = fields[1] if first_label == 2 else None
-                rows[fields[0]] = (text, [int(x) for x in labels])
+                rows[fields[0]] = (text, [int(x) for x in values])
     except (OSError, UnicodeDecodeError, csv.Error, zipfile.BadZipFile, KeyError) as err:
         sys.exit(f"error: could not read {path} ({err!r})")
     return rows
@@ -687,12 +687,12 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
-def positive(kind):
+def positive(number):
     def parse(text):
         with contextlib.suppress(ValueError):
-            if kind(text) > 0:
-                return kind(text)
-        raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            if number(text) > 0:
+                return number(text)
+        raise argparse.ArgumentTypeError(f"expected a positive {number.__name__}, got {text!r}")
 
     return parse
 

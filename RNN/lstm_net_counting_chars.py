@@ -285,12 +285,12 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
-def positive(kind):
+def positive(number):
     def parse(text):
         with contextlib.suppress(ValueError):
-            if kind(text) > 0:
-                return kind(text)
-        raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            if number(text) > 0:
+                return number(text)
+        raise argparse.ArgumentTypeError(f"expected a positive {number.__name__}, got {text!r}")
 
     return parse
 

@@ -148,8 +148,8 @@ class SelfAttention(nn.Module):
             return y, None
         # For looking, not training: the [CLS] query's weights in each head, written out.
         scores = (q[:, :, :1] @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-        attention = scores.float().masked_fill(~mask, float("-inf")).softmax(-1)
-        return y, attention[:, :, 0]
+        probabilities = scores.float().masked_fill(~mask, float("-inf")).softmax(-1)
+        return y, probabilities[:, :, 0]
 
 
 class Block(nn.Module):
@@ -178,10 +178,10 @@ class Block(nn.Module):
         # but none needs an output of its own. Skipping those saves most of the block's work
         # (the time x time attention, the output projection and the feed-forward).
         x = x[:, :1] if cls_only else x
-        attended, attention = self.attention(normed, keep, x.size(1), cls_attention=cls_attention)
+        attended, cls_map = self.attention(normed, keep, x.size(1), cls_attention=cls_attention)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.feed_forward(self.norm2(x)))
-        return x, attention
+        return x, cls_map
 
 
 class SentimentTransformer(nn.Module):
@@ -218,13 +218,13 @@ class SentimentTransformer(nn.Module):
         # True at the real tokens and [CLS].
         keep = positions < (lengths.to(tokens.device) + 1)[:, None]
         x = self.dropout(self.embedding(tokens) + self.position(positions))
-        attention = []
+        cls_maps = []
         for block in self.blocks:
             cls_only = block is self.blocks[-1]
-            x, block_attention = block(x, keep, cls_only=cls_only, cls_attention=cls_attention)
-            attention.append(block_attention)
+            x, cls_map = block(x, keep, cls_only=cls_only, cls_attention=cls_attention)
+            cls_maps.append(cls_map)
         logits = self.out(self.norm(x[:, 0]))
-        return (logits, attention) if cls_attention else logits
+        return (logits, cls_maps) if cls_attention else logits
 
 
 def round_up(length):
@@ -683,12 +683,12 @@ def parse_with_common_flags(p, argv, data, fp16=True):
     return p.error(f"--out-dir {args.out_dir} is a file") if args.out_dir.is_file() else args
 
 
-def positive(kind):
+def positive(number):
     def parse(text):
         with contextlib.suppress(ValueError):
-            if kind(text) > 0:
-                return kind(text)
-        raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            if number(text) > 0:
+                return number(text)
+        raise argparse.ArgumentTypeError(f"expected a positive {number.__name__}, got {text!r}")
 
     return parse
 
