@@ -352,7 +352,8 @@ def predict(paths, model_path, device):
         probabilities = logits.softmax(1)[0]
         top = probabilities.topk(min(3, len(classes)))
         guesses = ", ".join(
-            f"{classes[k]} {p:.3f}" for p, k in zip(top.values.tolist(), top.indices.tolist())
+            f"{classes[k]} {chance:.3f}"
+            for chance, k in zip(top.values.tolist(), top.indices.tolist())
         )
         print(f"{path}: {guesses}")
 
@@ -415,9 +416,9 @@ def image_files(paths):
         if not path.is_dir():
             files.append(path)
             continue
-        in_folder = sorted(p for p in path.iterdir() if p.is_file())
-        files += [p for p in in_folder if is_image_file(p)]
-        skipped += [p.name for p in in_folder if not is_image_file(p)]
+        in_folder = sorted(file for file in path.iterdir() if file.is_file())
+        files += [file for file in in_folder if is_image_file(file)]
+        skipped += [file.name for file in in_folder if not is_image_file(file)]
     if skipped:
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         print(f"skipped, not images: {', '.join(skipped[:5])}{more}")

@@ -99,16 +99,16 @@ def batches(sequences, labels, batch_size, generator=None):
     else:
         order = list(range(len(sequences)))
     pool = 50 * batch_size if generator else len(sequences)
-    groups = []
+    batch_ids = []
     for start in range(0, len(sequences), pool):
         by_length = sorted(order[start : start + pool], key=lambda k: len(sequences[k]))
-        groups += [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+        batch_ids += [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
     if generator:
-        groups = [groups[k] for k in torch.randperm(len(groups), generator=generator)]
-    for group in groups:
-        lengths = torch.tensor([len(sequences[k]) for k in group])
-        padded = pad_sequence([sequences[k] for k in group], batch_first=True, padding_value=PAD)
-        yield padded, lengths, labels[group]
+        batch_ids = [batch_ids[k] for k in torch.randperm(len(batch_ids), generator=generator)]
+    for ids in batch_ids:
+        lengths = torch.tensor([len(sequences[k]) for k in ids])
+        padded = pad_sequence([sequences[k] for k in ids], batch_first=True, padding_value=PAD)
+        yield padded, lengths, labels[ids]
 
 
 # ---- the model ----
