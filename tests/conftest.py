@@ -1,3 +1,4 @@
+import gc
 import importlib.util
 import io
 import json
@@ -93,6 +94,10 @@ def start_method(request):
     default = multiprocessing.get_start_method()
     multiprocessing.set_start_method(request.param, force=True)
     yield request.param
+    # The test's DataLoader workers (kept alive between epochs, and by a SystemExit's traceback)
+    # are shut down here, while its patches still hold, not by a garbage collection that a later
+    # test happens to start: one such late shutdown waited forever on a worker.
+    gc.collect()
     multiprocessing.set_start_method(default, force=True)
 
 
