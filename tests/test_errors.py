@@ -44,6 +44,7 @@ DOWNLOADS = {
     "RNN/lstm_multilabel.py": "goemotions/train.tsv",
     "RNN/lstm_char_lm.py": "tinyshakespeare/input.txt",
     "transformer/gpt_char_lm.py": "tinyshakespeare/input.txt",
+    "transfer/finetune_images.py": "cifar-10-python.tar.gz",
 }
 MAKES_ITS_DATA = {"RNN/lstm_net_counting_chars.py"}
 DOWNLOADERS = [REPO / name for name in DOWNLOADS]

@@ -173,6 +173,7 @@ MANY_STEPS = {
     "transformer/transformer_imdb.py": ["--batch-size", "2"],
     "RNN/lstm_char_lm.py": ["--bptt", "5"],
     "transformer/gpt_char_lm.py": ["--context", "16"],
+    "transfer/finetune_images.py": ["--batch-size", "2", "--mode", "finetune"],
 }
 
 
@@ -214,6 +215,7 @@ MODES = [
     ("mnist/fashion_mnist_classifier.py", ["--eval-only", "--checkpoint", "{out}/model.pt"]),
     ("conv_net_cifar.py", ["--predict", "{image}"]),
     ("resnet_cifar.py", ["--predict", "{image}"]),
+    ("transfer/finetune_images.py", ["--predict", "{image}"]),
 ]
 
 
