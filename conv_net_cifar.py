@@ -301,7 +301,7 @@ def batches(dataset, args, shuffle=False):
     """A DataLoader. For tensors already on the device it samples whole batches of indices, so
     each batch is sliced out at once (feedforward_1_hid_nn.py explains); images read from disk
     are decoded by two worker processes, kept from one epoch to the next, into page-locked
-    ("pinned") memory, which copies to a CUDA GPU faster."""
+    ("pinned") memory where the device is a CUDA GPU: it copies there faster."""
     if isinstance(dataset, TensorDataset):
         indices = RandomSampler(dataset) if shuffle else range(len(dataset))
         sampler = BatchSampler(indices, args.batch_size, drop_last=False)

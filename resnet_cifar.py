@@ -12,7 +12,7 @@ Recipe: the ingredients (--without takes any of them out; README.md measures wha
         channels_last, and test-time augmentation (six versions of each test image).
 Data:   CIFAR-10 as in conv_net_cifar.py, or --image-folder DIR with your own images.
 Expect: CIFAR-10 test accuracy 0.903 (0.9025 to 0.9045 with seeds 0, 1, 2) after the default 11
-        epochs, in 14 minutes from start to end and 2.2 GB of memory on a 2-core CPU without
+        epochs, in 11 minutes from start to end and 2.2 GB of memory on a 2-core CPU without
         native bf16 (fp32; README.md). Chance is 0.10; conv_net_cifar.py reaches 0.71.
 
 Run:
@@ -455,7 +455,7 @@ def batches(dataset, args, shuffle=False):
     """A DataLoader. For tensors already on the device it samples whole batches of indices, so
     each batch is sliced out at once (feedforward_1_hid_nn.py explains); images read from disk
     are decoded by two worker processes, kept from one epoch to the next, into page-locked
-    ("pinned") memory, which copies to a CUDA GPU faster."""
+    ("pinned") memory where the device is a CUDA GPU: it copies there faster."""
     if isinstance(dataset, TensorDataset):
         indices = RandomSampler(dataset) if shuffle else range(len(dataset))
         sampler = BatchSampler(indices, args.batch_size, drop_last=False)

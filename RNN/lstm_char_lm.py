@@ -94,9 +94,9 @@ def batchify(ids, rows):
 
 def windows(streams, bptt):
     """(inputs, targets) of each window: the targets are the inputs shifted by one character."""
-    for start in range(0, streams.size(1) - 1, bptt):
-        end = min(start + bptt, streams.size(1) - 1)
-        yield streams[:, start:end], streams[:, start + 1 : end + 1]
+    for offset in range(0, streams.size(1) - 1, bptt):
+        end = min(offset + bptt, streams.size(1) - 1)
+        yield streams[:, offset:end], streams[:, offset + 1 : end + 1]
 
 
 def detach(state):
@@ -217,10 +217,10 @@ def main(argv=None):
     config = dict(embedding=64, hidden=args.hidden, layers=args.layers, dropout=args.dropout)
     model = CharLSTM(len(chars), **config).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps = args.epochs * math.ceil((train_streams.size(1) - 1) / args.bptt)
+    total_steps = args.epochs * math.ceil((train_streams.size(1) - 1) / args.bptt)
     # One-cycle: warm up, then anneal to ~0. With Adam it also cycles beta1 (the momentum of
     # its gradient average) between 0.95 and 0.85, as it cycles SGD's momentum.
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps)
     # How train_one_epoch() reads the streams: --bptt characters a window, under autocast.
     loop = dict(bptt=args.bptt, autocast=autocast)
 

@@ -9,7 +9,7 @@ Data:   IMDB (Large Movie Review Dataset: 25,000 training and 25,000 test review
         once, at the end. Reviews are cut to their last --max-len tokens (many end with
         their verdict); the text pipeline is plain Python, no torchtext (README explains).
 Expect: about 0.89 test accuracy after the default 5 epochs, 1-2 minutes an epoch and
-        5-8 minutes in all on a 2-core CPU with native bf16; in fp32 about 3 and 15
+        5-8 minutes in all on a 2-core CPU with native bf16; in fp32 about 2 and 11
         (benchmarks/README.md).
 Your own texts (RNN/README.md, "Train on your own text"): one .txt file per text in a folder
         per class, DIR/train/<class>/ (and DIR/test/<class>/, else a seeded fifth of train/ is
@@ -59,7 +59,7 @@ TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 # IMDB's classes, read from its folders neg/ and pos/.
-IMDB_FOLDERS, LABELS = ("neg", "pos"), ("negative", "positive")
+IMDB_FOLDERS, CLASSES = ("neg", "pos"), ("negative", "positive")
 SPLITS = ("train", "test")
 # Vocabulary indices of "<pad>" and "<unk>".
 PAD, UNK = 0, 1
@@ -408,7 +408,7 @@ def load_data(args):
     else:
         folder = get_imdb(args.data_dir)
         train, test = (read_text_folder(folder / split, IMDB_FOLDERS)[:2] for split in SPLITS)
-        classes = LABELS
+        classes = CLASSES
     # Their own generator: the model's initial weights stay those of a full run.
     generator = torch.Generator().manual_seed(args.seed)
     if test is None:

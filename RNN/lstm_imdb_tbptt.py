@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
-LABELS = ("negative", "positive")
+CLASSES = ("negative", "positive")
 # Vocabulary indices of "<pad>" and "<unk>".
 PAD, UNK = 0, 1
 
@@ -228,7 +228,7 @@ def predict(texts, model_path, device):
         probabilities = logits.float().softmax(1)[0]
         label = probabilities.argmax().item()
         shown = text[:70] + ("..." if len(text) > 70 else "")
-        print(f"{LABELS[label]:8s} {probabilities[label]:.3f}  {shown}")
+        print(f"{CLASSES[label]:8s} {probabilities[label]:.3f}  {shown}")
 
 
 def main(argv=None):
@@ -253,7 +253,9 @@ def main(argv=None):
     autocast = torch.autocast(args.device.type, dtype, enabled=args.precision != "fp32")
     scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
 
-    train_texts, train_labels, test_texts, test_labels = load_imdb(args.data_dir, args.dry_run)
+    train_texts, train_labels, test_texts, test_labels = load_imdb(
+        args.data_dir, args.dry_run, args.seed
+    )
     if not 0 < args.val_size < len(train_texts):
         sys.exit(f"error: --val-size must be between 1 and {len(train_texts) - 1}")
     order = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed))
@@ -381,14 +383,14 @@ def read_texts(predict_args):
     return texts
 
 
-def load_imdb(data_dir, dry_run):
-    """Training and test (texts, labels); for --dry-run, a few random ones of each (seeded)."""
+def load_imdb(data_dir, dry_run, seed):
+    """Training and test (texts, labels); for --dry-run, a few random ones of each (by --seed)."""
     folder = get_imdb(data_dir)
     train_texts, train_labels = read_reviews(folder, "train")
     test_texts, test_labels = read_reviews(folder, "test")
     if dry_run:
         # Their own generator: the model's initial weights stay those of a full run.
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(train_texts), generator=generator)[:24]
         train_texts, train_labels = [train_texts[k] for k in keep], train_labels[keep]
         keep = torch.randperm(len(test_texts), generator=generator)[:16]

@@ -1,4 +1,5 @@
-"""RNN/lstm_char_lm.py: the streams, truncated BPTT across windows, generation and its errors."""
+"""RNN/lstm_char_lm.py: the streams, truncated BPTT across windows; both character language
+models (this one and transformer/gpt_char_lm.py): seeded generation and its one-line errors."""
 
 import pytest
 import torch
@@ -57,28 +58,32 @@ def test_one_epoch_takes_one_step_per_window():
     assert scheduler.last_epoch == 5 and figures["train_loss"] > 0
 
 
-def trained(tmp_path, data_dir):
-    out = tmp_path / "out"
-    lm.main(["--dry-run", "--data-dir", str(data_dir), "--out-dir", str(out)])
-    return out / "dry-run"
+# Both character language models, and the flags that make their dry runs quick.
+LANGUAGE_MODELS = {"RNN/lstm_char_lm.py": [], "transformer/gpt_char_lm.py": ["--context", "32"]}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, data_dir):
-    return trained(tmp_path_factory.mktemp("char_lm"), data_dir)
+@pytest.fixture(scope="module", params=LANGUAGE_MODELS)
+def trained_lm(request, tmp_path_factory, data_dir):
+    """(the script, the folder of its dry run's model.pt), for each language model."""
+    script = load_script(request.param)
+    out = tmp_path_factory.mktemp("lm") / "out"
+    flags = [*LANGUAGE_MODELS[request.param], "--data-dir", str(data_dir), "--out-dir", str(out)]
+    script.main(["--dry-run", *flags])
+    return script, out / "dry-run"
 
 
-def generate(capsys, out, *flags):
-    lm.main(["--generate", "60", "--out-dir", str(out), *flags])
+def generate(capsys, trained_lm, *flags):
+    script, out = trained_lm
+    script.main(["--generate", "60", "--out-dir", str(out), *flags])
     # What follows the device line.
     return capsys.readouterr().out.split("\n", 1)[1]
 
 
-def test_generation_is_seeded_and_starts_with_the_prompt(model_dir, capsys):
-    first = generate(capsys, model_dir, "--prompt", "ROMEO:", "--seed", "3")
-    again = generate(capsys, model_dir, "--prompt", "ROMEO:", "--seed", "3")
-    other = generate(capsys, model_dir, "--prompt", "ROMEO:", "--seed", "4", "--temperature", "2")
-    assert first == again and first.startswith("ROMEO:")
+def test_generation_is_seeded_and_starts_with_the_prompt(trained_lm, capsys):
+    first = generate(capsys, trained_lm, "--prompt", "ROMEO:", "--seed", "3")
+    again = generate(capsys, trained_lm, "--prompt", "ROMEO:", "--seed", "3")
+    other = generate(capsys, trained_lm, "--prompt", "ROMEO:", "--seed", "4", "--temperature", "2")
+    assert first == again and first.startswith("ROMEO:") and len(first) == len("ROMEO:") + 61
     assert other != first
 
 
@@ -90,17 +95,20 @@ def test_generation_is_seeded_and_starts_with_the_prompt(model_dir, capsys):
         (["--temperature", "0"], "expected a positive float"),
     ],
 )
-def test_bad_generation_requests_are_one_line(model_dir, capsys, flags, message):
+def test_bad_generation_requests_are_one_line(trained_lm, capsys, flags, message):
+    script, out = trained_lm
     with pytest.raises(SystemExit) as exit_info:
-        lm.main(["--generate", "10", "--out-dir", str(model_dir), *flags])
+        script.main(["--generate", "10", "--out-dir", str(out), *flags])
     said = str(exit_info.value.code) + capsys.readouterr().err
     assert message in said
 
 
-def test_generate_without_a_model_says_how_to_train_one(tmp_path):
+@pytest.mark.parametrize("path", LANGUAGE_MODELS)
+def test_generate_without_a_model_says_how_to_train_one(path, tmp_path):
+    script = load_script(path)
     with pytest.raises(SystemExit) as exit_info:
-        lm.main(["--generate", "10", "--out-dir", str(tmp_path)])
-    assert "train first with python lstm_char_lm.py" in str(exit_info.value.code)
+        script.main(["--generate", "10", "--out-dir", str(tmp_path)])
+    assert f"train first with python {path.split('/')[-1]}" in str(exit_info.value.code)
 
 
 def test_a_text_that_is_not_utf8_names_its_line(tmp_path):

@@ -248,7 +248,7 @@ def test_predict_round_trip(trained, capsys):
             probabilities = logits_of(
                 script, model, sequence.unsqueeze(0), torch.tensor([len(sequence)])
             ).softmax(1)[0]
-        expected.append((script.LABELS[probabilities.argmax()], probabilities.max().item()))
+        expected.append((script.CLASSES[probabilities.argmax()], probabilities.max().item()))
     assert [label for label, _ in results] == [label for label, _ in expected]
     assert [p for _, p in results] == pytest.approx([p for _, p in expected], abs=1e-3)
 

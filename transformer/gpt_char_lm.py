@@ -171,9 +171,9 @@ def scored_windows(length, context):
     each scores: every target (characters 1 to length - 1) once, with at least half a window
     before it (the first ones with what there is); the last window ends where the text ends."""
     half = context // 2
-    starts = list(range(0, length - context - 1, half)) + [length - context - 1]
-    first = [0] + [before + context - start for before, start in zip(starts, starts[1:])]
-    return torch.tensor(starts), torch.tensor(first)
+    offsets = list(range(0, length - context - 1, half)) + [length - context - 1]
+    first = [0] + [before + context - offset for before, offset in zip(offsets, offsets[1:])]
+    return torch.tensor(offsets), torch.tensor(first)
 
 
 # No gradients are needed to evaluate: faster, and less memory.
@@ -182,9 +182,9 @@ def evaluate(model, ids, autocast, split):
     """Loss per character over the whole text `ids`, in nats and bits, each character read with at
     least half a window before it (scored_windows()), as lstm_char_lm.py reads all before it."""
     model.eval()
-    starts, first = (t.to(ids.device) for t in scored_windows(len(ids), model.context))
+    offsets, first = (t.to(ids.device) for t in scored_windows(len(ids), model.context))
     positions = torch.arange(model.context + 1, device=ids.device)
-    windows, scored = ids[starts[:, None] + positions], positions[1:] > first[:, None]
+    windows, scored = ids[offsets[:, None] + positions], positions[1:] > first[:, None]
     total_loss = torch.zeros((), device=ids.device)
     for batch, mask in zip(windows.split(64), scored.split(64)):
         with autocast:

@@ -57,7 +57,7 @@ HERE = Path(__file__).resolve().parent
 TOP = next((d for d in (HERE, HERE.parent) if (d / "data" / "README.md").is_file()), HERE)
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
-LABELS = ("negative", "positive")
+CLASSES = ("negative", "positive")
 # Vocabulary indices of "<pad>", "<unk>" and "<cls>".
 PAD, UNK, CLS = 0, 1, 2
 # Batches are padded to a multiple of this length (see SentimentTransformer).
@@ -310,7 +310,7 @@ def warmup_cosine(warmup_steps, total_steps):
 
 @torch.no_grad()
 def classify(model, tokens, index, max_len, device):
-    """(label, probability, attention) of one tokenised review: the attention of the [CLS]
+    """(label, probability, cls_maps) of one tokenised review: the attention of the [CLS]
     query to each of its tokens, (blocks, heads, tokens)."""
     tokens = tokens[-max_len:]
     sequence = encode(tokens, index, max_len)
@@ -319,8 +319,8 @@ def classify(model, tokens, index, max_len, device):
     probabilities = logits.float().softmax(1)[0]
     label = probabilities.argmax().item()
     # Drop [CLS] itself and the padding.
-    attention = torch.stack([a[0, :, 1 : len(tokens) + 1] for a in per_block]).cpu()
-    return label, probabilities[label].item(), attention
+    cls_maps = torch.stack([a[0, :, 1 : len(tokens) + 1] for a in per_block]).cpu()
+    return label, probabilities[label].item(), cls_maps
 
 
 def predict(texts, model_path, device):
@@ -333,12 +333,12 @@ def predict(texts, model_path, device):
         if not tokens:
             sys.exit(f"error: nothing to classify in {text!r}: give --predict some words")
         tokens = tokens[-config["max_len"] :]
-        label, probability, attention = classify(model, tokens, index, config["max_len"], device)
+        label, probability, cls_maps = classify(model, tokens, index, config["max_len"], device)
         # A word's score: the most attention any head of the first block gives it.
-        top = attention[0].max(0).values.argsort(descending=True)[:5].tolist()
+        top = cls_maps[0].max(0).values.argsort(descending=True)[:5].tolist()
         words = ", ".join(tokens[i] for i in top)
         shown = text[:60] + ("..." if len(text) > 60 else "")
-        print(f"{LABELS[label]:8s} {probability:.3f}  {shown}  [attended: {words}]")
+        print(f"{CLASSES[label]:8s} {probability:.3f}  {shown}  [attended: {words}]")
 
 
 def main(argv=None):
@@ -356,7 +356,9 @@ def main(argv=None):
     autocast = torch.autocast(args.device.type, dtype, enabled=args.precision != "fp32")
     scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
 
-    train_texts, train_labels, test_texts, test_labels = load_imdb(args.data_dir, args.dry_run)
+    train_texts, train_labels, test_texts, test_labels = load_imdb(
+        args.data_dir, args.dry_run, args.seed
+    )
     if not 0 < args.val_size < len(train_texts):
         sys.exit(f"error: --val-size must be between 1 and {len(train_texts) - 1}")
     order = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(args.seed))
@@ -535,14 +537,14 @@ def read_texts(predict_args):
     return texts
 
 
-def load_imdb(data_dir, dry_run):
-    """Training and test (texts, labels); for --dry-run, a few random ones of each (seeded)."""
+def load_imdb(data_dir, dry_run, seed):
+    """Training and test (texts, labels); for --dry-run, a few random ones of each (by --seed)."""
     folder = get_imdb(data_dir)
     train_texts, train_labels = read_reviews(folder, "train")
     test_texts, test_labels = read_reviews(folder, "test")
     if dry_run:
         # Their own generator: the model's initial weights stay those of a full run.
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(train_texts), generator=generator)[:24]
         train_texts, train_labels = [train_texts[k] for k in keep], train_labels[keep]
         keep = torch.randperm(len(test_texts), generator=generator)[:16]
@@ -643,21 +645,22 @@ def save_attention_plot(model, test_texts, test_data, index, max_len, out_dir):
     k = min(range(len(sequences)), key=lambda i: (len(sequences[i]) < 40, len(sequences[i])))
     tokens = tokenize(test_texts[k])[-max_len:]
     device = next(model.parameters()).device
-    label, probability, attention = classify(model, tokens, index, max_len, device)
-    rows = attention.flatten(0, 1)
+    label, probability, cls_maps = classify(model, tokens, index, max_len, device)
+    rows = cls_maps.flatten(0, 1)
     low, high = rows.min(1, keepdim=True).values, rows.max(1, keepdim=True).values
     scaled = (rows - low) / (high - low).clamp(min=1e-9)
     fig, ax = plt.subplots(figsize=(0.28 * len(tokens) + 2, 0.4 * len(rows) + 1.6))
     ax.imshow(scaled.numpy(), cmap="Reds", aspect="auto")
     ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
-    blocks, heads = attention.shape[:2]
+    blocks, heads = cls_maps.shape[:2]
     names = [f"block {b + 1}, head {h + 1}" for b in range(blocks) for h in range(heads)]
     ax.set_yticks(range(len(rows)), names, fontsize=8)
     for row, peak in enumerate(high.squeeze(1).tolist()):
         ax.text(len(tokens) - 0.3, row, f" max {peak:.2f}", va="center", fontsize=8)
     ax.set_title(
-        f"predicted {LABELS[label]} ({probability:.2f}), true {LABELS[labels[k]]}. [CLS] attention"
-        f" to each word; uniform would be {1 / (len(tokens) + 1):.3f}; rows scaled to their max"
+        f"predicted {CLASSES[label]} ({probability:.2f}), true {CLASSES[labels[k]]}. [CLS]"
+        f" attention to each word; uniform would be {1 / (len(tokens) + 1):.3f}; rows scaled to"
+        " their max"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "attention.png", dpi=100, bbox_inches="tight")
