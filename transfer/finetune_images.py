@@ -94,13 +94,13 @@ class ResNet(nn.Module):
         return self.classifier(features) * LOGIT_SCALE
 
 
-def new_model(backbone, mode, num_classes, device):
-    """The network a mode trains, and its config: the backbone with a new last layer."""
-    config = dict(backbone["config"], num_classes=num_classes)
+def new_model(pretrained, mode, num_classes, device):
+    """The network a mode trains and its config: pretrained's backbone, a new last layer."""
+    config = dict(pretrained["config"], num_classes=num_classes)
     model = build(config)
     if mode != "scratch":
         # The old last layer scores the old classes: a new one, random, takes its place.
-        kept = {k: w for k, w in backbone["weights"].items() if not k.startswith("classifier.")}
+        kept = {k: w for k, w in pretrained["weights"].items() if not k.startswith("classifier.")}
         model.load_state_dict(kept, strict=False)
     # Probing freezes the backbone: no gradient is computed for it, its weights never change.
     model.requires_grad_(mode != "probe").classifier.requires_grad_(True)
@@ -118,7 +118,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, amp, frozen):
     # disable=None: a progress bar on a terminal only, not in a log file.
     for images, labels in tqdm(loader, disable=None):
         images, labels = images.to(device), labels.to(device)
-        # Half the images mirrored (resnet_cifar.py's augmentation, without its shifts).
+        # Each image mirrored with probability 1/2 (resnet_cifar.py's augmentation, less shifts).
         images = torch.where(torch.rand_like(images[:, :1, :1, :1]) < 0.5, images.flip(3), images)
         with autocast:
             logits = model(images)
@@ -182,17 +182,17 @@ def main(argv=None):
     amp = autocast, torch.amp.GradScaler(args.device.type, enabled=args.precision == "fp16")
     # A dry run: 2 images a class to learn from and to test on (3 for a backbone), 8 steps.
     few, history = (2 if args.dry_run else None), []
-    backbone = args.backbone and load_backbone(args.backbone)
+    pretrained = args.backbone and load_model(args.backbone)
     if args.dry_run:
         args.epochs, args.steps, args.images_per_class = 1, min(args.steps, 8), [2]
     if args.image_folder:
-        pixels = backbone["config"].get("size", 32)
+        pixels = pretrained["config"].get("size", 32)
         (train_set, test_set), classes = load_image_folder(args.image_folder, args.seed, pixels)
         new, counts = range(len(classes)), args.images_per_class or [None]
     else:
         (train_set, test_set), classes = load_cifar10(args.data_dir), list(CIFAR10_CLASSES[5:])
         new, counts = NEW, args.images_per_class or IMAGES_PER_CLASS
-    if backbone is None:
+    if pretrained is None:
         # resnet_cifar.py's ResNet and recipe (less the shifts, 8 epochs) on the old classes; the
         # model normalises its input with their training images' mean and std per channel.
         old = [pick(s, OLD, few and 3, args.seed, args.device) for s in (train_set, test_set)]
@@ -205,15 +205,15 @@ def main(argv=None):
             log_epoch(history, epoch=epoch + 1, **figures)
         # CPU tensors: a model.pt loads on any machine, with or without the GPU it was trained on.
         weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-        backbone = dict(weights=weights, config=config, classes=list(CIFAR10_CLASSES[:5]))
+        pretrained = dict(weights=weights, config=config, classes=list(CIFAR10_CLASSES[:5]))
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(backbone, args.out_dir / "backbone.pt")
+        torch.save(pretrained, args.out_dir / "backbone.pt")
     test_set, table = pick(test_set, new, few, args.seed, args.device), {}
     for count in counts:
         subset = pick(train_set, new, count, args.seed, args.device)
         n = count or len(subset) // len(classes)
         for mode in args.mode:
-            model, config = new_model(backbone, mode, len(classes), args.device)
+            model, config = new_model(pretrained, mode, len(classes), args.device)
             # Fine-tuned, the backbone starts trained and the new layer random: a smaller rate keeps
             # large early updates from undoing its features (README measures how much smaller).
             share = dict(scratch=1.0, probe=None, finetune=BACKBONE_SHARE)[mode]
@@ -234,12 +234,12 @@ def main(argv=None):
 @torch.no_grad()
 def predict(paths, model_path, device):
     """Print the saved model's 3 likeliest classes, and their chances, for each image given."""
-    checkpoint = load_backbone(model_path)
+    checkpoint = load_model(model_path)
     model, classes = build(checkpoint["config"]), checkpoint["classes"]
     model.load_state_dict(checkpoint["weights"])
     model.to(device).eval()
-    listed = [(path, sorted(path.iterdir()) if path.is_dir() else [path]) for path in paths]
-    for path in [f for path, fs in listed for f in fs if not path.is_dir() or is_image_file(f)]:
+    listed = [(given, sorted(given.iterdir()) if given.is_dir() else [given]) for given in paths]
+    for path in [f for given, fs in listed for f in fs if not given.is_dir() or is_image_file(f)]:
         image = ToTensor()(open_image(path, checkpoint["config"].get("size", 32))).to(device)
         top = model(image[None]).float().softmax(1)[0].cpu().topk(min(3, len(classes)))
         print(f"{path}: " + ", ".join(f"{classes[k]} {chance:.3f}" for chance, k in zip(*top)))
@@ -286,17 +286,17 @@ def build(config, pretrained=False):
     return nn.Sequential(OrderedDict(prepare=IMAGENET.transforms(), net=net, classifier=classifier))
 
 
-def load_backbone(name):
+def load_model(name):
     """The checkpoint to start from: a model.pt (checked), or ImageNet's ResNet-18 ("resnet18")."""
     if name == "resnet18":
         # Images are read at 256 x 256 (CIFAR-10's ResNet: 32 x 32); ResNet-18 sees the middle.
-        config, classes = dict(torchvision="resnet18", num_classes=1000, size=256), IMAGENET.meta
+        config, meta = dict(torchvision="resnet18", num_classes=1000, size=256), IMAGENET.meta
         try:
             weights = build(config, pretrained=True).state_dict()
         except (OSError, RuntimeError, EOFError) as err:
             cache = Path(torch.hub.get_dir()) / "checkpoints"
             sys.exit(f"error: could not get ResNet-18 ({err!r}): put {IMAGENET.url} in {cache}/")
-        return dict(weights=weights, config=config, classes=classes["categories"])
+        return dict(weights=weights, config=config, classes=meta["categories"])
     if not Path(name).is_file():
         sys.exit(f"error: no model at {name}: train one first (python resnet_cifar.py, or this)")
     try:
@@ -324,8 +324,8 @@ def load_cifar10(data_dir):
     except (OSError, RuntimeError, EOFError) as err:
         sys.exit(f"error: could not get CIFAR-10 ({err!r}): unpack {CIFAR10.url} in {data_dir}/")
     # The files hold (N, height, width, channel) bytes; PyTorch wants (N, C, H, W).
-    pixels = [torch.from_numpy(s.data).permute(0, 3, 1, 2).float().div(255) for s in sets]
-    return [TensorDataset(x, torch.tensor(s.targets)) for x, s in zip(pixels, sets)]
+    images = [torch.from_numpy(s.data).permute(0, 3, 1, 2).float().div(255) for s in sets]
+    return [TensorDataset(x, torch.tensor(s.targets)) for x, s in zip(images, sets)]
 
 
 def load_image_folder(folder, seed, pixels):
@@ -352,7 +352,7 @@ def load_image_folder(folder, seed, pixels):
 
 
 def open_image(path, pixels):
-    """An image file as (3, pixels, pixels); a missing file or a non-image is a one-line error."""
+    """An image file as an RGB image of pixels x pixels; a missing file or a non-image: one line."""
     try:
         return Image.open(path).convert("RGB").resize((pixels, pixels))
     except OSError as err:
