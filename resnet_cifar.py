@@ -6,14 +6,14 @@ Model:  David Page's ResNet-9 at a quarter of its width (412,944 weights): every
         a residual block (two more layers, whose output is added to their input). Channels
         3 -> 16 -> 32 -> 64 -> 128, pictures 32 -> 32 -> 16 -> 8 -> 4; then the largest value of
         each channel -> one logit per class.
-Recipe: the ingredients (--without takes any of them out; README.md measures what each is worth):
+Recipe: the ingredients (--without takes any of them out; CIFAR.md measures what each is worth):
         batch norm, residual connections, random flips and 2-pixel shifts made on the device,
         label smoothing, a one-cycle learning rate, Nesterov momentum, weight decay,
         channels_last, and test-time augmentation (six versions of each test image).
 Data:   CIFAR-10 as in conv_net_cifar.py, or --image-folder DIR with your own images.
 Expect: CIFAR-10 test accuracy 0.903 (0.9025 to 0.9045 with seeds 0, 1, 2) after the default 11
         epochs, in 11 minutes from start to end and 2.2 GB of memory on a 2-core CPU without
-        native bf16 (fp32; README.md). Chance is 0.10; conv_net_cifar.py reaches 0.71.
+        native bf16 (fp32; CIFAR.md). Chance is 0.10; conv_net_cifar.py reaches 0.71.
 
 Run:
     python resnet_cifar.py                          # train on CIFAR-10 with the defaults
